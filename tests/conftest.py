@@ -1,0 +1,42 @@
+"""Shared fixtures: the read-only real data in ``../shared`` (skipped cleanly when absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("INFNET_SHARED", REPO_ROOT.parent / "shared"))
+BUNDLE_DIR = REPO_ROOT / "bundles" / "covid19_lung_infection_ct_segmentation"
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def _shared_path(*parts: str) -> Path:
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared data not available: {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    return _shared_path()
+
+
+@pytest.fixture(scope="session")
+def parity_file() -> Path:
+    return _shared_path("parity", "infnet_reference.pt")
+
+
+@pytest.fixture(scope="session")
+def dicom_series_dir() -> Path:
+    return _shared_path("data", "ct-dicom", "lung-pet-ct-dx-A0001-chest-5mm-lung")
+
+
+@pytest.fixture(scope="session")
+def semiseg_dir() -> Path:
+    return _shared_path("data", "covid-semiseg", "train")
