@@ -33,7 +33,6 @@ from monai.transforms import (
     DeleteItemsd,
     EnsureTyped,
     Invertd,
-    LoadImaged,
     MapTransform,
     NormalizeIntensityd,
     Orientationd,
@@ -42,7 +41,7 @@ from monai.transforms import (
     ScaleIntensityRanged,
 )
 
-from .io import CTReader
+from .io import LoadCTd
 from .lung import LungMaskd, RestrictToLungd, lung_columns
 
 __all__ = [
@@ -115,11 +114,11 @@ def ct_preprocessing(
     xforms: list = []
     if load:
         xforms.append(
-            LoadImaged(keys=spatial_keys, reader=CTReader(series_uid=series_uid), image_only=True, ensure_channel_first=True)
+            LoadCTd(keys=spatial_keys, series_uid=series_uid, image_only=True, ensure_channel_first=True)
         )
     xforms += [
         EnsureTyped(keys=spatial_keys, dtype=torch.float32, track_meta=True),
-        Orientationd(keys=spatial_keys, axcodes=SLICE_AXCODES),
+        Orientationd(keys=spatial_keys, axcodes=SLICE_AXCODES, labels=None),
     ]
     use_lung = lung_crop or keep_lung_mask
     if use_lung:
