@@ -81,12 +81,55 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_segment)
+def _evaluate(args: argparse.Namespace) -> int:
+    from infnet_monai.metrics.evaluate import FolderEvaluation
+
+    FolderEvaluation(
+        args.pred,
+        args.label,
+        mode=args.mode,
+        tolerance_mm=args.tolerance,
+        labels=args.labels,
+        resample_label=args.resample_label,
+        output_file=args.output,
+        overwrite=args.overwrite,
+    ).run()
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score predictions against labels: NIfTI volumes in mm (Dice, ASD, HD95, NSD) or slice "
+        "images by the Inf-Net paper's protocol",
+    )
+    p.add_argument("--pred", required=True, help="prediction folder (or one file)")
+    p.add_argument("--label", required=True, help="label folder (or one file)")
+    p.add_argument(
+        "--mode",
+        default="volume",
+        choices=["volume", "slices"],
+        help="volume: .nii/.nii.gz masks, metrics in mm; slices: .png/.jpg maps, paper protocol",
+    )
+    p.add_argument("--tolerance", type=float, default=3.0, metavar="MM", help="NSD tolerance in mm (default 3)")
+    p.add_argument(
+        "--labels", type=int, nargs="+", default=None, metavar="C", help="class values to score per class (volume)"
+    )
+    p.add_argument(
+        "--resample-label",
+        action="store_true",
+        help="resample labels onto the prediction grid (nearest) when shape or affine differ",
+    )
+    p.add_argument("-o", "--output", default=None, help="write the report to this .json or .csv file")
+    p.add_argument("--overwrite", action="store_true", help="replace the report file if it exists")
+    p.set_defaults(func=_evaluate)
 
 
 # Each entry adds one subcommand; later features append their own adder here.
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_convert_weights,
     _add_segment,
+    _add_evaluate,
 ]
 
 
