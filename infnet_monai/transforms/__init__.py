@@ -1,0 +1,25 @@
+"""MONAI transforms of the pipeline."""
+
+from .lung import (
+    LungMask,
+    LungMaskd,
+    RestrictToLung,
+    RestrictToLungd,
+    dilate_mm,
+    label_sides,
+    lung_columns,
+    lung_labels,
+    lung_slices,
+)
+
+__all__ = [
+    "LungMask",
+    "LungMaskd",
+    "RestrictToLung",
+    "RestrictToLungd",
+    "dilate_mm",
+    "label_sides",
+    "lung_columns",
+    "lung_labels",
+    "lung_slices",
+]
