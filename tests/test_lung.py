@@ -7,7 +7,6 @@ import pydicom
 import pytest
 import torch
 from ct_samples import (
-    LESION_RADIUS,
     LUNG_AXES,
     RAS_LABELS,
     SPACING,

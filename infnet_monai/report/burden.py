@@ -31,7 +31,7 @@ from scipy import ndimage
 
 from infnet_monai.transforms.lung import LEFT_LUNG, RIGHT_LUNG, dilate_mm, label_sides
 from infnet_monai.utils import atomic_output
-from infnet_monai.utils.geometry import affine_of, axial_axis, voxel_spacing, voxel_volume_ml, world_points
+from infnet_monai.utils.geometry import affine_of, axial_axis, slice_z_mm, voxel_spacing, voxel_volume_ml
 
 __all__ = [
     "SEVERITY_BANDS",
@@ -126,12 +126,7 @@ def infection_burden(
     slice_range: dict[str, Any] = {"axis": axis, "count": int(slices.size)}
     for key, index in (("first", slices[:1]), ("last", slices[-1:])):
         slice_range[f"{key}_index"] = int(index[0]) if index.size else None
-        if index.size:
-            centre = (np.asarray(lung_np.shape, dtype=np.float64) - 1) / 2
-            centre[axis] = index[0]
-            slice_range[f"{key}_z_mm"] = float(world_points(affine, centre[None])[0, 2])
-        else:
-            slice_range[f"{key}_z_mm"] = None
+        slice_range[f"{key}_z_mm"] = slice_z_mm(affine, lung_np.shape, int(index[0])) if index.size else None
     return {
         "case": case,
         "shape": list(lung_np.shape),

@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
 from infnet_monai.utils import atomic_output
-from infnet_monai.utils.geometry import affine_of, axial_axis, voxel_spacing, world_points
+from infnet_monai.utils.geometry import affine_of, axial_axis, slice_z_mm, voxel_spacing
 
 __all__ = [
     "INFECTION_RGB",
@@ -141,10 +141,9 @@ def qc_montage(
     candidates = np.arange(ct.shape[axis])
     if lab is not None and lab.any():
         candidates = np.flatnonzero(lab.any(axis=tuple(d for d in range(3) if d != axis)))
-    picks = np.unique(candidates[np.round(np.linspace(0, len(candidates) - 1, min(n_slices, len(candidates)))).astype(int)])
-    centre = (np.asarray(ct.shape, dtype=np.float64) - 1) / 2
-    z_of = {int(k): float(world_points(affine, np.r_[centre[:axis], k, centre[axis + 1 :]][None])[0, 2]) for k in picks}
-    picks = sorted(picks.tolist(), key=lambda k: -z_of[k])  # most superior first
+    spread = np.round(np.linspace(0, len(candidates) - 1, min(n_slices, len(candidates)))).astype(int)
+    z_of = {int(k): slice_z_mm(affine, ct.shape, int(k)) for k in np.unique(candidates[spread])}
+    picks = sorted(z_of, key=lambda k: -z_of[k])  # most superior first
 
     font_size = max(10, tile_px // 18)
     font = _font(font_size)

@@ -3,6 +3,7 @@
 from .lung import (
     LungMask,
     LungMaskd,
+    LungMaskParams,
     RestrictToLung,
     RestrictToLungd,
     dilate_mm,
@@ -15,6 +16,7 @@ from .lung import (
 __all__ = [
     "LungMask",
     "LungMaskd",
+    "LungMaskParams",
     "RestrictToLung",
     "RestrictToLungd",
     "dilate_mm",

@@ -8,8 +8,9 @@ array orientation works. Steps, on an in-plane block-averaged copy near ``workin
    (detaches table and blankets), holes filled per axial slice; candidates = air inside the body
    (air connected to the slice border or outside the body is dropped).
 2. Airway removal: the trachea is found in the uppermost slices as a compact air region near the
-   body midline, then followed down slice by slice (trachea, carina, main bronchi) until each
-   branch merges into a lung-sized region; the followed regions are removed.
+   body midline, then followed down slice by slice (trachea, carina, main bronchi, cutting its
+   footprint out where it touches a lung for up to ``airway_merge_mm``) until each branch has
+   entered a lung; the followed regions are removed.
 3. 3D components: the largest component on each side of the body midline with at least
    ``min_component_ml``; a single component spanning both sides (lungs touching) is split at its
    narrowest bridge (distance-transform cores, nearest-core assignment), else at the midline.
@@ -20,7 +21,8 @@ array orientation works. Steps, on an in-plane block-averaged copy near ``workin
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Hashable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +37,7 @@ from infnet_monai.utils.geometry import affine_of, axial_axis, voxel_spacing, vo
 __all__ = [
     "RIGHT_LUNG",
     "LEFT_LUNG",
+    "LungMaskParams",
     "lung_labels",
     "label_sides",
     "dilate_mm",
@@ -130,6 +133,13 @@ def _nearest_seed(region: np.ndarray, seeds: np.ndarray, spacing: Sequence[float
     return out
 
 
+def _shift(affine: np.ndarray, offset: Sequence[int]) -> np.ndarray:
+    """Affine of a crop starting at index ``offset``."""
+    out = affine.copy()
+    out[:3, 3] = affine[:3, :3] @ np.asarray(offset, dtype=np.float64) + affine[:3, 3]
+    return out
+
+
 def _split_component(comp: np.ndarray, affine: np.ndarray, midline_x: float) -> np.ndarray:
     """Split one component holding both lungs: right = 1, left = 2 (uint8, same shape).
 
@@ -166,13 +176,6 @@ def _split_component(comp: np.ndarray, affine: np.ndarray, midline_x: float) -> 
     else:
         idx = np.nonzero(comp)
         out[idx] = np.where(_world_x(affine, idx) > midline_x, RIGHT_LUNG, LEFT_LUNG)
-    return out
-
-
-def _shift(affine: np.ndarray, offset: Sequence[int]) -> np.ndarray:
-    """Affine of a crop starting at index ``offset``."""
-    out = affine.copy()
-    out[:3, 3] = affine[:3, :3] @ np.asarray(offset, dtype=np.float64) + affine[:3, 3]
     return out
 
 
@@ -239,67 +242,70 @@ def _body_mask(tissue: np.ndarray, opening_voxels: int) -> np.ndarray:
     return _per_slice_fill(comps == int(np.argmax(sizes)))
 
 
-def _airway_mask(
-    candidates: np.ndarray,
-    body: np.ndarray,
-    affine: np.ndarray,
-    max_airway_cm2: float,
-    midline_mm: float,
-    search_mm: float,
-    merge_mm: float,
-) -> np.ndarray:
-    """Trachea and main bronchi: boolean (X, Y, Z), slice axis last.
+def _trachea_seed(
+    candidates: np.ndarray, body: np.ndarray, affine: np.ndarray, p: LungMaskParams
+) -> tuple[int, np.ndarray] | None:
+    """(slice, 2D mask) of the trachea in the uppermost slices, or None (slice axis last).
 
-    Seed: in the uppermost slices (within ``search_mm`` below the first slice with air inside the
-    body), compact air regions (bounding-box fill >= 0.5, aspect <= 2, 0.5 cm2 to
-    ``max_airway_cm2``) whose centroid lies within ``midline_mm`` of the body's midline. Then
-    each next slice down keeps the air regions overlapping the previous airway regions while they
-    stay below ``max_airway_cm2``. Where a branch touches a larger (lung) region, the branch's
-    previous footprint (grown by one voxel) is cut out of it, for at most ``merge_mm`` of
-    consecutive slices without a separate airway region (then the branch has entered the lung).
+    Searched within ``p.airway_search_mm`` below the first slice with air inside the body:
+    compact air regions (bounding-box fill >= 0.5, aspect <= 2, 0.5 cm2 to ``p.max_airway_cm2``)
+    whose centroid lies within ``p.airway_midline_mm`` of the body's midline in that slice.
     """
     spacing = voxel_spacing(affine)
     pixel_cm2 = spacing[0] * spacing[1] / 100.0
     z_count = candidates.shape[2]
-    down = -1 if affine[2, 2] > 0 else 1  # index step towards inferior
-    top_first = range(z_count - 1, -1, -1) if down == -1 else range(z_count)
-    airway = np.zeros_like(candidates)
-    seed_z, seed, first_air_z = None, None, None
+    top_first = range(z_count - 1, -1, -1) if affine[2, 2] > 0 else range(z_count)
+    first_air_z = None
     for z in top_first:
         labels, n = ndimage.label(candidates[:, :, z])
         if n == 0:
             continue
-        if first_air_z is None:
-            first_air_z = z
-        if abs(z - first_air_z) * spacing[2] > search_mm:
-            break
-        body_idx = np.nonzero(body[:, :, z])
-        mid = _world_x(affine, [i.mean() for i in body_idx] + [z])
+        first_air_z = z if first_air_z is None else first_air_z
+        if abs(z - first_air_z) * spacing[2] > p.airway_search_mm:
+            return None
+        midline = _world_x(affine, [i.mean() for i in np.nonzero(body[:, :, z])] + [z])
         areas = np.bincount(labels.ravel()) * pixel_cm2
         keep = []
         for lab, box in enumerate(ndimage.find_objects(labels), start=1):
             ext = np.array([(box[0].stop - box[0].start) * spacing[0], (box[1].stop - box[1].start) * spacing[1]])
             fill = areas[lab] / (ext[0] * ext[1] / 100.0)
-            if not (0.5 <= areas[lab] <= max_airway_cm2 and fill >= 0.5 and ext.max() <= 2 * ext.min()):
+            if not (0.5 <= areas[lab] <= p.max_airway_cm2 and fill >= 0.5 and ext.max() <= 2 * ext.min()):
                 continue
             idx = np.nonzero(labels[box] == lab)
             cx = _world_x(affine, [idx[0].mean() + box[0].start, idx[1].mean() + box[1].start, z])
-            if abs(cx - mid) <= midline_mm:
+            if abs(cx - midline) <= p.airway_midline_mm:
                 keep.append(lab)
         if keep:
-            seed_z, seed = z, np.isin(labels, keep)
-            break
+            return z, np.isin(labels, keep)
+    return None
+
+
+def _airway_mask(candidates: np.ndarray, body: np.ndarray, affine: np.ndarray, p: LungMaskParams) -> np.ndarray:
+    """Trachea and main bronchi: boolean (X, Y, Z), slice axis last.
+
+    From the trachea seed (:func:`_trachea_seed`) each next slice down keeps the air regions
+    overlapping the previous airway regions while they stay below ``p.max_airway_cm2``. Where a
+    branch touches a larger (lung) region, the branch's previous footprint (grown by one voxel)
+    is cut out of it, for at most ``p.airway_merge_mm`` of consecutive slices without a separate
+    airway region (then the branch has entered the lung).
+    """
+    airway = np.zeros_like(candidates)
+    seed = _trachea_seed(candidates, body, affine, p)
     if seed is None:
         return airway
-    airway[:, :, seed_z] = seed
-    previous, z, merged_run = seed, seed_z + down, 0
-    max_merged = int(np.ceil(merge_mm / spacing[2]))
-    while 0 <= z < z_count:
+    spacing = voxel_spacing(affine)
+    pixel_cm2 = spacing[0] * spacing[1] / 100.0
+    down = -1 if affine[2, 2] > 0 else 1  # index step towards inferior
+    z, previous = seed
+    airway[:, :, z] = previous
+    z, merged_run = z + down, 0
+    max_merged = int(np.ceil(p.airway_merge_mm / spacing[2]))
+    while 0 <= z < candidates.shape[2]:
         labels, _ = ndimage.label(candidates[:, :, z])
         areas = np.bincount(labels.ravel()) * pixel_cm2
         touched = np.unique(labels[previous & (labels > 0)])
-        small = [lab for lab in touched if areas[lab] <= max_airway_cm2]
-        large = [lab for lab in touched if areas[lab] > max_airway_cm2]
+        small = [lab for lab in touched if areas[lab] <= p.max_airway_cm2]
+        large = [lab for lab in touched if areas[lab] > p.max_airway_cm2]
         merged_run = 0 if small else merged_run + 1
         if not touched.size or merged_run > max_merged:
             break
@@ -358,51 +364,67 @@ def _refine(labels_c: np.ndarray, air: np.ndarray, factors: Sequence[int]) -> np
     return out
 
 
-def lung_labels(
-    hu: np.ndarray,
-    affine: np.ndarray,
-    threshold_hu: float = -320.0,
-    min_component_ml: float = 50.0,
-    working_spacing_mm: float = 1.6,
-    closing_mm: float = 3.0,
-    body_opening_mm: float = 5.0,
-    max_airway_cm2: float = 10.0,
-    airway_midline_mm: float = 20.0,
-    airway_search_mm: float = 80.0,
-    airway_merge_mm: float = 15.0,
-) -> np.ndarray:
+@dataclass(frozen=True)
+class LungMaskParams:
+    """Parameters of :func:`lung_labels` / :class:`LungMask`.
+
+    Attributes:
+        threshold_hu: voxels below it are air/lung (HU).
+        min_component_ml: smallest 3D air component accepted as a lung (mL).
+        working_spacing_mm: in-plane spacing for the component analysis (block averaging by an
+            integer factor; the boundary is refined at full resolution).
+        closing_mm: in-plane closing radius that closes vessels at the lung surface (mm).
+        body_opening_mm: in-plane opening radius detaching table and blankets from the body (mm).
+        max_airway_cm2: largest axial cross-section still followed as trachea/bronchus (cm2).
+        airway_midline_mm: largest distance of the trachea from the body midline (mm).
+        airway_search_mm: depth below the first in-body air searched for the trachea (mm).
+        airway_merge_mm: how far a followed airway may run touching a lung in the axial slices
+            before it counts as having entered the lung (mm).
+    """
+
+    threshold_hu: float = -320.0
+    min_component_ml: float = 50.0
+    working_spacing_mm: float = 1.6
+    closing_mm: float = 3.0
+    body_opening_mm: float = 5.0
+    max_airway_cm2: float = 10.0
+    airway_midline_mm: float = 20.0
+    airway_search_mm: float = 80.0
+    airway_merge_mm: float = 15.0
+
+
+def lung_labels(hu: np.ndarray, affine: np.ndarray, **params: float) -> np.ndarray:
     """Right (1) / left (2) lung labels, uint8 (X, Y, Z), for a CT volume (X, Y, Z) in HU.
 
-    ``affine``: MONAI (RAS world, mm) 4x4 affine of ``hu``. See the module docstring for the
-    steps and :class:`LungMask` for the parameters.
+    ``affine``: MONAI (RAS world, mm) 4x4 affine of ``hu``; ``params``: fields of
+    :class:`LungMaskParams`. See the module docstring for the steps.
     """
+    p = LungMaskParams(**params)
     hu = np.asarray(hu)
     affine = np.asarray(affine, dtype=np.float64)
     perm, affine_t = _axial_last(affine)
     hu_t = np.transpose(hu, perm)
     spacing = voxel_spacing(affine_t)
-    factors = [max(1, int(round(working_spacing_mm / s))) for s in spacing[:2]]
+    factors = [max(1, int(round(p.working_spacing_mm / s))) for s in spacing[:2]]
     coarse_affine = affine_t.copy()
     coarse_affine[:3, :2] = affine_t[:3, :2] * factors
     coarse_affine[:3, 3] = affine_t[:3, 3] + affine_t[:3, :2] @ ((np.asarray(factors) - 1) / 2.0)
     coarse_spacing = voxel_spacing(coarse_affine)
 
-    air = _block_mean(hu_t, factors) < threshold_hu
-    body = _body_mask(~air, max(1, int(round(body_opening_mm / coarse_spacing[:2].mean()))))
+    air = _block_mean(hu_t, factors) < p.threshold_hu
+    body = _body_mask(~air, max(1, int(round(p.body_opening_mm / coarse_spacing[:2].mean()))))
     candidates = air & body
-    candidates &= ~_airway_mask(
-        candidates, body, coarse_affine, max_airway_cm2, airway_midline_mm, airway_search_mm, airway_merge_mm
-    )
+    candidates &= ~_airway_mask(candidates, body, coarse_affine, p)
     # drop anything touching the in-plane border of the volume
     comps, _ = ndimage.label(candidates)
     border = np.unique(np.concatenate([comps[0].ravel(), comps[-1].ravel(), comps[:, 0].ravel(), comps[:, -1].ravel()]))
     candidates &= ~np.isin(comps, border[border > 0])
 
     midline_x = _centroid_x(body, coarse_affine) if body.any() else None
-    labels_c = label_sides(candidates, coarse_affine, midline_x, min_component_ml)
-    closing_voxels = int(round(closing_mm / coarse_spacing[:2].mean()))
+    labels_c = label_sides(candidates, coarse_affine, midline_x, p.min_component_ml)
+    closing_voxels = int(round(p.closing_mm / coarse_spacing[:2].mean()))
     labels_c = _close_and_fill(labels_c, closing_voxels)
-    labels_t = _refine(labels_c, hu_t < threshold_hu, factors)
+    labels_t = _refine(labels_c, hu_t < p.threshold_hu, factors)
     return np.ascontiguousarray(np.transpose(labels_t, np.argsort(perm))).astype(np.uint8)
 
 
@@ -440,50 +462,18 @@ def lung_slices(mask: Any) -> np.ndarray:
 class LungMask(Transform):
     """CT (1, X, Y, Z) in HU -> uint8 lung labels (1, X, Y, Z): 0 background, 1 right, 2 left lung.
 
-    Output keeps the input's meta (affine). Sides come from the affine, so any orientation works.
-
-    Args:
-        threshold_hu: voxels below it are air/lung (HU).
-        min_component_ml: smallest 3D air component accepted as a lung (mL).
-        working_spacing_mm: in-plane spacing for the component analysis (block averaging by an
-            integer factor; the boundary is refined at full resolution).
-        closing_mm: in-plane closing radius that closes vessels at the lung surface (mm).
-        body_opening_mm: in-plane opening radius detaching table and blankets from the body (mm).
-        max_airway_cm2: largest axial cross-section still followed as trachea/bronchus (cm2).
-        airway_midline_mm: largest distance of the trachea from the body midline (mm).
-        airway_search_mm: depth below the first in-body air searched for the trachea (mm).
-        airway_merge_mm: how far a followed airway may run touching a lung in the axial slices
-            before it counts as having entered the lung (mm).
+    ``params``: fields of :class:`LungMaskParams` (threshold HU, minimum component mL, ...).
+    A MetaTensor output carries copies of the input's meta and applied operations. Sides come
+    from the affine, so any orientation works.
     """
 
     backend = [TransformBackends.NUMPY]
 
-    def __init__(
-        self,
-        threshold_hu: float = -320.0,
-        min_component_ml: float = 50.0,
-        working_spacing_mm: float = 1.6,
-        closing_mm: float = 3.0,
-        body_opening_mm: float = 5.0,
-        max_airway_cm2: float = 10.0,
-        airway_midline_mm: float = 20.0,
-        airway_search_mm: float = 80.0,
-        airway_merge_mm: float = 15.0,
-    ) -> None:
-        self.params = dict(
-            threshold_hu=threshold_hu,
-            min_component_ml=min_component_ml,
-            working_spacing_mm=working_spacing_mm,
-            closing_mm=closing_mm,
-            body_opening_mm=body_opening_mm,
-            max_airway_cm2=max_airway_cm2,
-            airway_midline_mm=airway_midline_mm,
-            airway_search_mm=airway_search_mm,
-            airway_merge_mm=airway_merge_mm,
-        )
+    def __init__(self, **params: float) -> None:
+        self.params = LungMaskParams(**params)
 
     def __call__(self, img: Any, affine: Any = None) -> Any:
-        labels = lung_labels(_spatial(img), affine_of(img, affine), **self.params)[None]
+        labels = lung_labels(_spatial(img), affine_of(img, affine), **asdict(self.params))[None]
         if isinstance(img, MetaTensor):  # copies of the input's meta and applied operations
             return MetaTensor(
                 torch.from_numpy(labels).to(img.device),
@@ -494,14 +484,19 @@ class LungMask(Transform):
 
 
 class LungMaskd(MapTransform):
-    """Dictionary twin of :class:`LungMask`: labels from ``keys`` (one CT key) into ``lung_key``."""
+    """Dictionary twin of :class:`LungMask`: labels from ``keys`` (one CT key) into ``lung_key``.
+
+    ``params``: fields of :class:`LungMaskParams`.
+    """
 
     backend = LungMask.backend
 
-    def __init__(self, keys: KeysCollection, lung_key: str = "lung", allow_missing_keys: bool = False, **kwargs: Any):
+    def __init__(
+        self, keys: KeysCollection, lung_key: str = "lung", allow_missing_keys: bool = False, **params: float
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.lung_key = lung_key
-        self.lung_mask = LungMask(**kwargs)
+        self.lung_mask = LungMask(**params)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)

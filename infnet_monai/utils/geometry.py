@@ -19,6 +19,7 @@ __all__ = [
     "voxel_volume_ml",
     "axial_axis",
     "world_points",
+    "slice_z_mm",
     "check_same_geometry",
 ]
 
@@ -60,6 +61,14 @@ def world_points(affine: np.ndarray, index_points: np.ndarray) -> np.ndarray:
     """World coordinates (N, 3) in mm of voxel index points (N, 3)."""
     affine = np.asarray(affine, dtype=np.float64)
     return np.asarray(index_points, dtype=np.float64) @ affine[:3, :3].T + affine[:3, 3]
+
+
+def slice_z_mm(affine: np.ndarray, shape: tuple, index: int) -> float:
+    """World z (mm, + = superior) of axial slice ``index`` at the centre of an (X, Y, Z) grid."""
+    axis = axial_axis(affine)
+    centre = (np.asarray(shape[-3:], dtype=np.float64) - 1) / 2
+    centre[axis] = index
+    return float(world_points(affine, centre[None])[0, 2])
 
 
 def check_same_geometry(
