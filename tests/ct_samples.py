@@ -41,11 +41,21 @@ def inside_ellipsoid(xyz: np.ndarray, centre, axes) -> np.ndarray:
     return sum(((xyz[d] - centre[d]) / axes[d]) ** 2 for d in range(3)) <= 1.0
 
 
-def lung_phantom(orientation: str = "RAS") -> dict:
+def near_segment(xyz: np.ndarray, start, end, radius: float) -> np.ndarray:
+    """Points within ``radius`` mm of the segment ``start``-``end`` (a tube with round ends)."""
+    a, b = np.asarray(start, dtype=np.float64), np.asarray(end, dtype=np.float64)
+    rel = xyz - a[:, None, None, None]
+    t = np.clip(np.einsum("i,i...->...", b - a, rel) / np.dot(b - a, b - a), 0, 1)
+    return np.sum((rel - t * (b - a)[:, None, None, None]) ** 2, axis=0) <= radius**2
+
+
+def lung_phantom(orientation: str = "RAS", airway: bool = False) -> dict:
     """CT (1, X, Y, Z) in HU with two ellipsoid lungs and a spherical lesion in the right lung.
 
-    Voxels take the value of the region holding their centre (no partial volume). Returns the CT
-    MetaTensor and the boolean truth masks ``right``, ``left``, ``lesion`` (X, Y, Z).
+    ``airway``: add an air-filled trachea (radius 7 mm, midline, from the top down to a carina
+    at z = 12 mm) and main bronchi (radius 4.5 mm) running to the lung centres. Voxels take the
+    value of the region holding their centre (no partial volume). Returns the CT MetaTensor and
+    the boolean truth masks ``right``, ``left``, ``lesion``, ``airway`` (X, Y, Z).
     """
     affine = phantom_affine(orientation)
     xyz = world_grid(affine)
@@ -53,12 +63,19 @@ def lung_phantom(orientation: str = "RAS") -> dict:
     right = inside_ellipsoid(xyz, (LUNG_X, 0, 0), LUNG_AXES)
     left = inside_ellipsoid(xyz, (-LUNG_X, 0, 0), LUNG_AXES)
     lesion = inside_ellipsoid(xyz, (LUNG_X, 0, 0), (LESION_RADIUS,) * 3)
+    tubes = np.zeros(SHAPE, dtype=bool)
+    if airway:
+        carina = (0.0, 0.0, 12.0)
+        tubes = near_segment(xyz, (0.0, 0.0, 60.0), carina, 7.0)
+        for side in (1, -1):
+            tubes |= near_segment(xyz, carina, (side * LUNG_X, 0.0, -5.0), 4.5)
     hu = np.full(SHAPE, HU_AIR, dtype=np.float32)
     hu[body] = HU_BODY
     hu[right | left] = HU_LUNG
     hu[lesion] = HU_LESION
+    hu[tubes & body] = HU_AIR
     ct = MetaTensor(torch.from_numpy(hu[None]), affine=torch.from_numpy(affine))
-    return {"ct": ct, "right": right, "left": left, "lesion": lesion, "affine": affine}
+    return {"ct": ct, "right": right, "left": left, "lesion": lesion, "airway": tubes & body, "affine": affine}
 
 
 def ellipsoid_volume_ml(axes) -> float:

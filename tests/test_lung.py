@@ -63,6 +63,29 @@ def test_phantom_lung_volumes_and_sides(orientation):
     assert _centroid_world_x(labels == 2, ph["affine"]) == pytest.approx(-28.0, abs=0.5)
 
 
+@pytest.mark.parametrize("orientation", ["RAS", "LPS"])
+def test_phantom_airway_is_removed_and_lungs_kept_apart(orientation):
+    """Trachea + main bronchi join the two lungs into one air component; the mask must drop them."""
+    ph = lung_phantom(orientation, airway=True)
+    labels = LungMask(min_component_ml=10)(ph["ct"])[0].numpy()
+    lungs = ph["right"] | ph["left"]
+    z = world_points(ph["affine"], np.argwhere(ph["airway"]))[:, 2]
+    trachea = np.zeros_like(lungs)
+    trachea[tuple(np.argwhere(ph["airway"])[z > 12.0].T)] = True  # above the carina
+    bronchi = ph["airway"] & ~trachea & ~lungs
+    in_mask = labels > 0
+    print(f"{orientation}: trachea voxels in mask {np.count_nonzero(in_mask & trachea)} of {trachea.sum()}, "
+          f"extrapulmonary bronchi {np.count_nonzero(in_mask & bronchi)} of {bronchi.sum()}")
+    assert not (in_mask & trachea).any()
+    # bronchus voxels kept only where they meet the lung, within the 3 mm closing radius
+    distance_mm = ndimage.distance_transform_edt(~lungs, sampling=SPACING)
+    assert distance_mm[in_mask & bronchi].max(initial=0) <= 3.0
+    assert np.count_nonzero(in_mask & bronchi) <= 0.1 * bronchi.sum()
+    for label, truth in ((1, ph["right"]), (2, ph["left"])):
+        found = labels == label
+        assert 2 * np.count_nonzero(found & truth) / (found.sum() + truth.sum()) > 0.99
+
+
 def test_lps_input_gives_the_ras_mask_after_reorientation():
     ras = lung_phantom("RAS")["ct"]
     lps = Orientation(axcodes="LPS", labels=RAS_LABELS)(ras)
