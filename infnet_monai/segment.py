@@ -49,6 +49,19 @@ def _case_name(path: Path) -> str:
     return name
 
 
+def _root_cause(exc: BaseException, path: Path) -> str:
+    """One line for a failed volume: the CT input error when MONAI wrapped one, else the
+    innermost error prefixed with the input's path."""
+    chain = [exc]
+    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    for err in chain:
+        if isinstance(err, CTInputError):
+            return str(err)
+    inner = chain[-1]
+    return f"{path}: {inner.__class__.__name__}: {str(inner).splitlines()[0] if str(inner) else ''}"
+
+
 def output_path(input_path: Path, output_dir: Path, postfix: str = "seg") -> Path:
     """Where the mask of ``input_path`` goes: ``output_dir/<name>_<postfix>.nii.gz``."""
     return Path(output_dir) / f"{_case_name(Path(input_path))}_{postfix}.nii.gz"
@@ -82,8 +95,8 @@ def segment_volumes(inputs: Sequence[str], opts: SegmentOptions) -> int:
         try:
             item = pre({"image": str(path)})
             result = infer_volume(item, network, inferer, post)
-        except CTInputError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001 - one volume's failure must not stop the others
+            print(f"error: {_root_cause(exc, path)}", file=sys.stderr)
             failures += 1
             continue
         save_mask(result.item["pred"])
