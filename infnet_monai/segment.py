@@ -38,6 +38,7 @@ class SegmentOptions:
     overwrite: bool = False
     series_uid: str | None = None
     progress: bool = True
+    report: bool = False
     results: list = field(default_factory=list)
 
 
@@ -47,6 +48,22 @@ def _case_name(path: Path) -> str:
         if name.endswith(ext):
             return name[: -len(ext)]
     return name
+
+
+def _write_report(path: Path, result, opts: SegmentOptions) -> None:
+    """Burden JSON, CSV row and QC PNG of a segmented volume, next to its mask."""
+    from monai.transforms import Orientation
+
+    from infnet_monai.report.run import load_volume, report_volumes
+    from infnet_monai.utils.geometry import RAS_LABELS
+
+    ct = load_volume(path)
+    to_ras = Orientation(axcodes="RAS", labels=RAS_LABELS)
+    lung = result.item.get("lung")
+    report_volumes(
+        ct, to_ras(result.item["pred"]), None if lung is None else to_ras(lung), _case_name(path),
+        opts.output_dir, overwrite=True,
+    )
 
 
 def _root_cause(exc: BaseException, path: Path) -> str:
@@ -102,6 +119,8 @@ def segment_volumes(inputs: Sequence[str], opts: SegmentOptions) -> int:
         save_mask(result.item["pred"])
         if opts.save_prob:
             save_prob(result.item["prob"])
+        if opts.report:
+            _write_report(path, result, opts)
         opts.results.append((path, target, result))
         print(result.summary(_case_name(path)))
     return failures

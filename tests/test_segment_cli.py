@@ -121,7 +121,17 @@ def test_bad_volume_reported_others_processed_and_outputs_kept(volumes, weights,
     main(["segment", str(volumes / "case_a.nii.gz"), "-o", str(out), "--weights", str(weights), "-q"])
     assert kept.stat().st_mtime == 0
     assert main(["segment", str(volumes / "case_a.nii.gz"), "-o", str(out), "--weights", str(weights), "-q",
-                 "--overwrite", "--save-prob"]) == 0
+                 "--overwrite", "--save-prob", "--report"]) == 0
     assert kept.stat().st_mtime > 0
     prob = nib.load(str(out / "case_a_prob.nii.gz"))
     assert prob.get_data_dtype() == np.float32 and prob.shape == (120, 128, 3)
+    # --report: burden figures computed from the written mask and the input's voxel size
+    import json
+
+    report = json.loads((out / "case_a_burden.json").read_text())
+    mask = nib.load(str(kept))
+    voxel_ml = abs(np.linalg.det(mask.affine[:3, :3])) / 1000
+    infected_ml = float(np.asarray(mask.dataobj).sum()) * voxel_ml
+    total = report["infection_ml"]["total"] + report["infection_ml"]["outside_lung"]
+    assert total == pytest.approx(infected_ml, rel=1e-3, abs=1e-3)
+    assert (out / "case_a_qc.png").stat().st_size > 1000 and (out / "burden.csv").exists()
