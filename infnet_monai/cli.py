@@ -57,6 +57,7 @@ def _segment(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         series_uid=args.series,
         progress=not args.quiet,
+        report=args.report,
     )
     failures = segment_volumes(args.inputs, opts)
     return 1 if failures else 0
@@ -79,6 +80,8 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-prob", action="store_true", help="also write <name>_prob.nii.gz (float32)")
     p.add_argument("--series", metavar="UID", help="DICOM SeriesInstanceUID when a folder holds several series")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--report", action="store_true",
+                   help="also write <name>_burden.json, <name>_qc.png and a row of burden.csv")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_segment)
 def _evaluate(args: argparse.Namespace) -> int:

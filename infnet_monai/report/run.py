@@ -7,24 +7,23 @@ from pathlib import Path
 from typing import Any
 
 from monai.data import MetaTensor
-from monai.transforms import LoadImage, Orientation
+from monai.transforms import Orientation
 
 from infnet_monai.report.burden import infection_burden, update_report_csv, write_report_json
 from infnet_monai.report.qc import burden_lines, write_qc_png
+from infnet_monai.transforms.io import LoadCT
 from infnet_monai.transforms.lung import LungMask
 from infnet_monai.utils.geometry import RAS_LABELS, affine_of, check_same_geometry
 
-__all__ = ["load_volume", "case_name", "make_report"]
+__all__ = ["load_volume", "case_name", "make_report", "report_volumes"]
 
 _SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
 
 
 def load_volume(path: str | os.PathLike) -> MetaTensor:
-    """Volume file (or DICOM series folder) -> MetaTensor (1, X, Y, Z) oriented RAS."""
-    if not Path(path).exists():
-        raise FileNotFoundError(f"{path}: no such file or directory")
-    reader = "PydicomReader" if Path(path).is_dir() else None
-    image = LoadImage(reader=reader, image_only=True, ensure_channel_first=True)(str(path))
+    """Volume file (or DICOM series folder) -> MetaTensor (1, X, Y, Z) oriented RAS, read by the
+    pipeline's CT reader (same geometry as ``infnet-monai segment``)."""
+    image = LoadCT(image_only=True, ensure_channel_first=True)(str(path))
     return Orientation(axcodes="RAS", labels=RAS_LABELS)(image)
 
 
@@ -62,10 +61,29 @@ def make_report(
     ct = load_volume(image)
     infection = load_volume(mask)
     check_same_geometry(str(mask), infection.shape[1:], affine_of(infection), str(image), ct.shape[1:], affine_of(ct))
+    lung = None
     if lung_mask is not None:
         lung = load_volume(lung_mask)
         check_same_geometry(str(lung_mask), lung.shape[1:], affine_of(lung), str(image), ct.shape[1:], affine_of(ct))
-    else:
+    return report_volumes(ct, infection, lung, case, out_dir, csv_path, overwrite, qc_slices)
+
+
+def report_volumes(
+    ct: MetaTensor,
+    infection: MetaTensor,
+    lung: MetaTensor | None,
+    case: str,
+    out_dir: str | os.PathLike,
+    csv_path: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    qc_slices: int = 12,
+) -> dict[str, Any]:
+    """:func:`make_report` on loaded volumes ``(1, X, Y, Z)`` sharing one grid (lung computed
+    from the CT's HU when ``lung`` is None)."""
+    out_dir = Path(out_dir)
+    json_path, png_path = out_dir / f"{case}_burden.json", out_dir / f"{case}_qc.png"
+    csv_path = Path(csv_path) if csv_path is not None else out_dir / "burden.csv"
+    if lung is None:
         lung = LungMask()(ct)
     report = infection_burden(lung, infection, affine=affine_of(ct), case=case)
     write_report_json(report, json_path, overwrite=overwrite)
