@@ -144,8 +144,8 @@ def copy_bundle(destination: str | os.PathLike) -> Path:
 
 
 def readme_commands(command: str | None = None) -> list[list[str]]:
-    """The ``... -m monai.bundle ...`` command lines (python or torchrun) of the bundle's ``docs/README.md`` as
-    argument lists (after ``monai.bundle``), optionally only those of one ``command``."""
+    """The ``... -m monai.bundle ...`` command lines (python or torchrun) of the bundle's
+    ``docs/README.md`` as argument lists after ``monai.bundle``, optionally of one ``command``."""
     found = []
     for line in README_FILE.read_text().splitlines():
         if _README_MARK in line:

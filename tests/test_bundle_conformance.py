@@ -27,6 +27,7 @@ from monai.transforms import Compose, SaveImaged
 from packaging.version import Version
 
 from infnet_monai.metrics.evaluate import FolderEvaluation
+from infnet_monai.metrics.volume import EMPTY_MASK_POLICY
 from infnet_monai.networks import InfNet
 from infnet_monai.transforms.chain import DEFAULT_WINDOW_HU, IMAGENET_MEAN, IMAGENET_STD, NETWORK_SIZE
 
@@ -35,9 +36,10 @@ from bundle_helpers import (
     EVALUATE_FILE,
     INFERENCE_FILE,
     META_FILE,
+    README_FILE,
     TRAIN_FILE,
-    run_bundle_cli,
     readme_commands,
+    run_bundle_cli,
     shared_random_weights,
     write_semiseg_slices,
 )
@@ -208,6 +210,18 @@ def test_readme_run_commands_name_existing_configs_and_ids():
             assert key in run_arguments or key in parser, f"{files}: --{key} is not an id"
         checked.update(files)
     assert {"configs/inference.json", "configs/evaluate.json"} <= checked
+
+
+def test_readme_states_the_policy_and_the_published_figures(meta):
+    text = README_FILE.read_text()
+    assert EMPTY_MASK_POLICY in text  # verbatim, as written into every evaluation report
+    published = meta["published_eval_metrics"]
+    columns = ("dice", "sensitivity", "specificity", "s_alpha", "e_phi_mean", "mae")
+    for network in ("Inf-Net", "Semi-Inf-Net"):
+        (row,) = [line for line in text.splitlines() if line.startswith(f"| {network} |")]
+        figures = [float(cell) for cell in row.strip("|").split("|")[1:]]
+        assert figures == [published[network][c] for c in columns]
+    assert "has **not yet reproduced the accuracy numbers above**" in text
 
 
 # --------------------------------------------------------------------------------------------

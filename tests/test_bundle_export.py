@@ -28,30 +28,42 @@ TOLERANCE = 1e-4
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """A copy of the bundle with random weights in models/model.pt, after the README's export
-    commands ran in it."""
+def bundle(tmp_path_factory):
+    """A copy of the bundle with random weights in models/model.pt."""
     bundle = copy_bundle(tmp_path_factory.mktemp("export") / "bundle")
     os.symlink(shared_random_weights(tmp_path_factory), bundle / "models" / "model.pt")
-    commands = readme_commands("ckpt_export") + readme_commands("onnx_export")
-    assert [c[0] for c in commands] == ["ckpt_export", "onnx_export"]
-    cwd = os.getcwd()
-    os.chdir(bundle)
-    try:
-        for argv in commands:
-            if argv[0] == "onnx_export":
-                pytest.importorskip("onnx", reason="onnx_export needs the onnx package (test extra)")
-            run_bundle_cli(argv)
-    finally:
-        os.chdir(cwd)
     return bundle
 
 
+def _run_readme_command(command: str, bundle) -> None:
+    """The README's ``python -m monai.bundle COMMAND ...`` line, run from the bundle folder."""
+    (argv,) = readme_commands(command)
+    cwd = os.getcwd()
+    os.chdir(bundle)
+    try:
+        run_bundle_cli(argv)
+    finally:
+        os.chdir(cwd)
+
+
 @pytest.fixture(scope="module")
-def eager(exported):
+def torchscript_file(bundle):
+    _run_readme_command("ckpt_export", bundle)
+    return bundle / "models" / "model.ts"
+
+
+@pytest.fixture(scope="module")
+def onnx_file(bundle):
+    pytest.importorskip("onnx", reason="onnx_export needs the onnx package (test extra)")
+    _run_readme_command("onnx_export", bundle)
+    return bundle / "models" / "model.onnx"
+
+
+@pytest.fixture(scope="module")
+def eager(bundle):
     """Inputs (a batch of two 96x96 slices, one 352x352 slice) and the eager network's logits."""
     net = InfNet()
-    net.load_state_dict(torch.load(exported / "models" / "model.pt", weights_only=True))
+    net.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
     net.eval()
     inputs = [network_like_input(2, 96, seed=1), network_like_input(1, NETWORK_SIZE, seed=2)]
     with torch.no_grad():
@@ -61,10 +73,8 @@ def eager(exported):
     return inputs, outputs
 
 
-def test_torchscript_export_matches_eager(exported, eager):
-    scripted, meta, extra = load_net_with_metadata(
-        str(exported / "models" / "model.ts"), more_extra_files=("inference.json",)
-    )
+def test_torchscript_export_matches_eager(torchscript_file, eager):
+    scripted, meta, extra = load_net_with_metadata(str(torchscript_file), more_extra_files=("inference.json",))
     # metadata and the config travel inside the TorchScript file
     assert meta["version"] == json.loads(META_FILE.read_text())["version"]
     assert meta["network_data_format"] == json.loads(META_FILE.read_text())["network_data_format"]
@@ -78,9 +88,9 @@ def test_torchscript_export_matches_eager(exported, eager):
         assert float((y - expected).abs().max()) <= TOLERANCE
 
 
-def test_onnx_export_matches_eager(exported, eager):
+def test_onnx_export_matches_eager(onnx_file, eager):
     ort = pytest.importorskip("onnxruntime", reason="ONNX check needs onnxruntime (test extra)")
-    session = ort.InferenceSession(str(exported / "models" / "model.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     (image,), (pred,) = session.get_inputs(), session.get_outputs()
     assert (image.name, image.shape) == ("image", ["batch", 3, "height", "width"])
     assert (pred.name, pred.shape) == ("pred", ["batch", 1, "height", "width"])
