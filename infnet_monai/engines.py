@@ -18,12 +18,14 @@ from ignite.engine import Engine
 from ignite.handlers import ProgressBar
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
+from monai.handlers import CheckpointSaver
 from monai.utils import CommonKeys, ensure_tuple, ensure_tuple_rep
 
 __all__ = [
     "MultiScaleSupervisedTrainer",
     "GradientClipHandler",
     "ProgressBarHandler",
+    "ResumableCheckpointSaver",
     "latest_checkpoint",
     "scaled_size",
 ]
@@ -85,8 +87,12 @@ class MultiScaleSupervisedTrainer(SupervisedTrainer):
         losses = []
         for size in sizes:
             output = super()._iteration(engine, self._resize(batchdata, size))
-            losses.append(output[CommonKeys.LOSS].detach())
-        output[CommonKeys.LOSS] = torch.stack(losses).mean()
+            # with ``decollate=True`` the output is a list of per-item dicts sharing the loss
+            items = output if isinstance(output, list) else [output]
+            losses.append(torch.as_tensor(items[0][CommonKeys.LOSS]).detach())
+        mean_loss = torch.stack(losses).mean()
+        for item in items:
+            item[CommonKeys.LOSS] = mean_loss
         return output
 
 
@@ -138,6 +144,24 @@ class ProgressBarHandler:
             self.bar.attach(engine)
         else:
             self.bar.attach(engine, output_transform=lambda out: {"loss": self.output_transform(out)})
+
+
+class ResumableCheckpointSaver(CheckpointSaver):
+    """``CheckpointSaver`` whose best-metric record can be saved and restored with the trainer.
+
+    Put it in another saver's ``save_dict`` (and the matching ``CheckpointLoader``'s
+    ``load_dict``): after a resume it only replaces the best model (``key_metric_filename``) when
+    the metric beats the best one of the earlier run, instead of starting from scratch.
+    """
+
+    def state_dict(self) -> dict:
+        if self._key_metric_checkpoint is None:
+            return {}
+        return self._key_metric_checkpoint.state_dict()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if state_dict:
+            super().load_state_dict(state_dict)
 
 
 _EPOCH_RE = re.compile(r"epoch=(\d+)")
