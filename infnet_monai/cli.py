@@ -41,9 +41,95 @@ def _add_convert_weights(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_convert_weights)
 
 
+def _segment(args: argparse.Namespace) -> int:
+    from infnet_monai.segment import SegmentOptions, segment_volumes
+
+    opts = SegmentOptions(
+        output_dir=args.output_dir,
+        weights=args.weights,
+        device=args.device,
+        batch_size=args.batch_size,
+        window=tuple(args.window),
+        lung_crop=not args.no_lung_crop,
+        restrict_to_lung=not args.no_lung_restrict,
+        threshold=args.threshold,
+        save_prob=args.save_prob,
+        overwrite=args.overwrite,
+        series_uid=args.series,
+        progress=not args.quiet,
+    )
+    failures = segment_volumes(args.inputs, opts)
+    return 1 if failures else 0
+
+
+def _add_segment(sub: argparse._SubParsersAction) -> None:
+    from pathlib import Path
+
+    p = sub.add_parser("segment", help="segment CT volumes (NIfTI or DICOM series) into infection masks")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="a .nii/.nii.gz file, a DICOM series folder or a glob")
+    p.add_argument("-o", "--output-dir", type=Path, required=True, help="folder for <name>_seg.nii.gz masks")
+    p.add_argument("--weights", help="trained Inf-Net state dict (models/model.pt) or an authors' checkpoint")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: GPU when present)")
+    p.add_argument("--batch-size", type=int, default=8, help="axial slices per network call (default 8)")
+    p.add_argument("--window", type=float, nargs=2, default=[-1250.0, 250.0], metavar=("LOW", "HIGH"),
+                   help="HU window mapped to [0, 1] (default -1250 250)")
+    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
+    p.add_argument("--no-lung-crop", action="store_true", help="do not crop in-plane to the lungs")
+    p.add_argument("--no-lung-restrict", action="store_true", help="do not restrict the mask to the dilated lungs")
+    p.add_argument("--save-prob", action="store_true", help="also write <name>_prob.nii.gz (float32)")
+    p.add_argument("--series", metavar="UID", help="DICOM SeriesInstanceUID when a folder holds several series")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_segment)
+def _evaluate(args: argparse.Namespace) -> int:
+    from infnet_monai.metrics.evaluate import FolderEvaluation
+
+    FolderEvaluation(
+        args.pred,
+        args.label,
+        mode=args.mode,
+        tolerance_mm=args.tolerance,
+        labels=args.labels,
+        resample_label=args.resample_label,
+        output_file=args.output,
+        overwrite=args.overwrite,
+    ).run()
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score predictions against labels: NIfTI volumes in mm (Dice, ASD, HD95, NSD) or slice "
+        "images by the Inf-Net paper's protocol",
+    )
+    p.add_argument("--pred", required=True, help="prediction folder (or one file)")
+    p.add_argument("--label", required=True, help="label folder (or one file)")
+    p.add_argument(
+        "--mode",
+        default="volume",
+        choices=["volume", "slices"],
+        help="volume: .nii/.nii.gz masks, metrics in mm; slices: .png/.jpg maps, paper protocol",
+    )
+    p.add_argument("--tolerance", type=float, default=3.0, metavar="MM", help="NSD tolerance in mm (default 3)")
+    p.add_argument(
+        "--labels", type=int, nargs="+", default=None, metavar="C", help="class values to score per class (volume)"
+    )
+    p.add_argument(
+        "--resample-label",
+        action="store_true",
+        help="resample labels onto the prediction grid (nearest) when shape or affine differ",
+    )
+    p.add_argument("-o", "--output", default=None, help="write the report to this .json or .csv file")
+    p.add_argument("--overwrite", action="store_true", help="replace the report file if it exists")
+    p.set_defaults(func=_evaluate)
+
+
 # Each entry adds one subcommand; later features append their own adder here.
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_convert_weights,
+    _add_segment,
+    _add_evaluate,
 ]
 
 

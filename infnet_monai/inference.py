@@ -1,0 +1,143 @@
+"""Volume inference: the trained Inf-Net slice by slice over a CT volume.
+
+Shared by the CLI (``infnet-monai segment``) and the bundle's ``configs/inference.json``:
+:func:`load_network`, :func:`slice_inferer`, :func:`mask_saver` and :func:`infer_volume`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from monai.data import decollate_batch
+from monai.inferers import SliceInferer
+from monai.transforms import Compose, SaveImage
+
+from infnet_monai.networks import InfNet, load_authors_checkpoint
+from infnet_monai.transforms.chain import NETWORK_SIZE
+from infnet_monai.utils import AtomicNibabelWriter
+
+__all__ = [
+    "MissingWeightsError",
+    "default_device",
+    "require_weights",
+    "load_network",
+    "slice_inferer",
+    "mask_saver",
+    "infer_volume",
+    "VolumeResult",
+    "voxel_volume_ml",
+]
+
+
+class MissingWeightsError(FileNotFoundError):
+    """Inference without trained weights would give a meaningless mask."""
+
+
+def default_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` if given, else the first CUDA GPU when present, else the CPU."""
+    if device is not None and str(device) != "auto":
+        return torch.device(device)
+    return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+
+
+def require_weights(weights: str | Path | None) -> Path:
+    """The weights path, or a plain error: an untrained Inf-Net gives no meaningful mask."""
+    if not weights:
+        raise MissingWeightsError(
+            "no weights given: an untrained Inf-Net gives no meaningful mask; pass --weights MODEL.pt "
+            "(a trained bundle's models/model.pt, or an authors' checkpoint via infnet-monai convert-weights)"
+        )
+    if not Path(weights).is_file():
+        raise MissingWeightsError(
+            f"{weights}: weights file not found; train the bundle or convert the authors' checkpoint "
+            "with infnet-monai convert-weights into this path"
+        )
+    return Path(weights)
+
+
+def load_network(weights: str | Path | None, device: str | torch.device | None = None) -> InfNet:
+    """InfNet in eval mode with ``weights`` (a converted state dict or an authors' checkpoint)."""
+    weights = require_weights(weights)
+    net = load_authors_checkpoint(InfNet(), weights)
+    return net.to(default_device(device)).eval()
+
+
+def slice_inferer(batch_size: int = 8, device: str | torch.device | None = None, progress: bool = False) -> SliceInferer:
+    """``SliceInferer`` over axial slices (last spatial axis) of ``(B, 3, S, S, Z)`` inputs.
+
+    Slices run on ``device`` in batches of ``batch_size``; the output volume is assembled on the
+    input's device (the CPU for volumes from transforms), so the GPU holds only one batch.
+    """
+    return SliceInferer(
+        roi_size=(NETWORK_SIZE, NETWORK_SIZE),
+        sw_batch_size=batch_size,
+        spatial_dim=2,
+        sw_device=default_device(device),
+        progress=progress,
+    )
+
+
+def mask_saver(output_dir: str | Path, postfix: str = "seg", dtype=np.uint8) -> SaveImage:
+    """``SaveImage`` writing ``<input name>_<postfix>.nii.gz`` into ``output_dir``, atomically."""
+    return SaveImage(
+        output_dir=str(output_dir),
+        output_postfix=postfix,
+        output_ext=".nii.gz",
+        output_dtype=dtype,
+        resample=False,
+        separate_folder=False,
+        print_log=False,
+        writer=AtomicNibabelWriter,
+    )
+
+
+def voxel_volume_ml(affine: torch.Tensor | np.ndarray) -> float:
+    """Volume of one voxel in mL from a 4×4 affine in mm (|det| of its 3×3 part / 1000)."""
+    a = np.asarray(affine.cpu() if torch.is_tensor(affine) else affine, dtype=np.float64)
+    return float(abs(np.linalg.det(a[:3, :3])) / 1000.0)
+
+
+@dataclass
+class VolumeResult:
+    """One segmented volume: the postprocessed item and its summary figures."""
+
+    item: dict
+    slices: int
+    seconds: float
+    infected_ml: float
+
+    def summary(self, name: str) -> str:
+        return f"{name}: {self.slices} slices, {self.seconds:.1f} s, infection {self.infected_ml:.1f} mL"
+
+
+def infer_volume(
+    item: dict,
+    network: torch.nn.Module,
+    inferer: SliceInferer,
+    postprocessing: Compose,
+    image_key: str = "image",
+    pred_key: str = "pred",
+    amp: bool | None = None,
+) -> VolumeResult:
+    """Run ``network`` over a preprocessed ``item`` (``image_key``: ``(3, S, S, Z)``) and apply
+    ``postprocessing``; returns the item with ``pred_key`` on the input grid."""
+    start = time.perf_counter()
+    image = item[image_key]
+    device = next(network.parameters()).device
+    use_amp = device.type == "cuda" if amp is None else amp
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
+    with torch.inference_mode(), autocast:
+        logits = inferer(image.unsqueeze(0), network)
+    item = dict(item)
+    item[pred_key] = decollate_batch({pred_key: logits.float()})[0][pred_key]
+    with torch.inference_mode():
+        item = postprocessing(item)
+    mask = item[pred_key]
+    infected = float(mask.sum()) * voxel_volume_ml(mask.affine)
+    return VolumeResult(item, int(image.shape[-1]), time.perf_counter() - start, infected)

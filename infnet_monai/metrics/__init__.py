@@ -1,0 +1,55 @@
+"""Evaluation: volume metrics in mm (Dice, ASD, HD95, NSD), the paper's 2D slice protocol, folders."""
+
+from .evaluate import FolderEvaluation, evaluate_folders, format_report_table, pair_files, write_report
+from .slices import (
+    THRESHOLDS,
+    SliceScores,
+    e_measure,
+    e_measure_curve,
+    mean_absolute_error,
+    normalise_map,
+    read_ground_truth,
+    read_prediction_map,
+    s_measure,
+    slice_scores,
+    summarise_slice_scores,
+    threshold_scores,
+)
+from .volume import (
+    DEFAULT_TOLERANCE_MM,
+    EMPTY_MASK_POLICY,
+    VolumeMetrics,
+    binary_volume_metrics,
+    label_volume_metrics,
+    match_label_grid,
+    spacing_mm,
+    summarise_volume_metrics,
+)
+
+__all__ = [
+    "DEFAULT_TOLERANCE_MM",
+    "EMPTY_MASK_POLICY",
+    "VolumeMetrics",
+    "binary_volume_metrics",
+    "label_volume_metrics",
+    "summarise_volume_metrics",
+    "spacing_mm",
+    "match_label_grid",
+    "THRESHOLDS",
+    "SliceScores",
+    "read_ground_truth",
+    "read_prediction_map",
+    "normalise_map",
+    "threshold_scores",
+    "s_measure",
+    "e_measure",
+    "e_measure_curve",
+    "mean_absolute_error",
+    "slice_scores",
+    "summarise_slice_scores",
+    "FolderEvaluation",
+    "evaluate_folders",
+    "pair_files",
+    "write_report",
+    "format_report_table",
+]

@@ -1,0 +1,369 @@
+"""The Inf-Net paper's 2D evaluation protocol for slice images (Fan et al., IEEE TMI 2020).
+
+Reproduces the authors' MATLAB evaluation toolbox (``EvaluationTool/main.m`` with
+``Fmeasure_calu.m``, ``StructureMeasure.m``, ``Enhancedmeasure.m``) per image:
+
+1. GT: colour images to gray (MATLAB ``rgb2gray`` weights), then ``gt > 128`` (1-bit images are
+   used as they are).
+2. Prediction: first channel, scaled to [0, 1] like MATLAB ``im2double``; resized to the GT size
+   (bilinear) when the sizes differ; min-max normalised to [0, 1] (``mapminmax(x, 0, 1)``:
+   ``(x - min) * (1 / (max - min))``); a constant map becomes all zeros.
+3. 256 thresholds ``1:-1/255:0`` (built like MATLAB's colon operator, so threshold values match the
+   toolbox bit for bit). Dice, sensitivity and specificity of ``pred >= t``, each 0 when there is no
+   true positive; the E-measure of ``pred > t`` (strict, as ``main.m`` binarises for it).
+4. S-measure (alpha = 0.5) and MAE on the normalised map.
+
+Over a folder: per-threshold means over images, then the mean and the max over the 256 thresholds
+(``meanDic``, ``maxDic``, ...); S-measure and MAE are means over images.
+
+Deviations, all in corner cases the toolbox does not handle: a constant prediction becomes zeros
+(MATLAB's ``mapminmax`` would leave it unchanged; the authors' test script saves it as zeros); an
+all-foreground GT gets specificity 1 where TP > 0 (MATLAB: 0/0 = NaN); an empty S-measure quadrant
+(all foreground in the last row or column) adds 0 where MATLAB yields NaN. The toolbox resizes a
+mismatched map with MATLAB ``imresize`` (bicubic); here it is bilinear.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+from monai.transforms import Resize
+from monai.utils import convert_to_numpy
+from PIL import Image
+
+__all__ = [
+    "EPS",
+    "THRESHOLDS",
+    "GT_THRESHOLD",
+    "SLICE_EMPTY_POLICY",
+    "matlab_colon",
+    "read_ground_truth",
+    "read_prediction_map",
+    "resize_map",
+    "normalise_map",
+    "threshold_scores",
+    "s_measure",
+    "e_measure",
+    "e_measure_curve",
+    "mean_absolute_error",
+    "SliceScores",
+    "slice_scores",
+    "summarise_slice_scores",
+]
+
+EPS = float(np.finfo(np.float64).eps)
+"""MATLAB ``eps`` (2.2204e-16), used where the toolbox guards a division."""
+
+GT_THRESHOLD = 128
+"""Ground-truth pixels with gray value > 128 are foreground."""
+
+
+def matlab_colon(start: float, step: float, stop: float) -> np.ndarray:
+    """``start:step:stop`` computed like MATLAB's colon operator (symmetric about the midpoint).
+
+    Source: C. Moler, "How the colon operator works" (MathWorks blog, 2011): the first half is
+    ``start + k*step``, the second half ``stop - k*step`` counted from the end.
+    """
+    n = int(round((stop - start) / step))
+    values = np.empty(n + 1, dtype=np.float64)
+    k = np.arange(n // 2 + 1, dtype=np.float64)
+    values[: n // 2 + 1] = start + k * step
+    values[n - np.arange(n // 2 + 1)] = stop - k * step
+    if n % 2 == 0:
+        values[n // 2] = (start + stop) / 2
+    return values
+
+
+THRESHOLDS = matlab_colon(1.0, -1.0 / 255.0, 0.0)
+"""The toolbox's 256 thresholds, 1 down to 0 in steps of 1/255."""
+
+SLICE_EMPTY_POLICY = (
+    "toolbox rules: Dice/sensitivity/specificity are 0 at a threshold with no true positive; "
+    "S-measure is 1 - mean(pred) for an all-background GT and mean(pred) for an all-foreground GT; "
+    "E-measure uses 1 - FM (all-background GT) or FM (all-foreground GT) as its enhanced matrix; "
+    "a constant prediction map normalises to zeros"
+)
+"""One-line statement of how empty masks and maps are scored, written into every slice report."""
+
+
+def _read_array(path: str | os.PathLike) -> np.ndarray:
+    """Image as MATLAB ``imread`` returns it: bool (1-bit), uint8/uint16, palette indices, HxWxC."""
+    with Image.open(path) as img:
+        if img.mode in ("I", "I;16", "I;16B", "I;16L"):
+            array = np.asarray(img)
+            if array.min() < 0 or array.max() > 65535:
+                raise ValueError(f"{path}: 32-bit integer image; save the map as 8- or 16-bit PNG")
+            return array.astype(np.uint16)
+        if img.mode not in ("1", "L", "P", "LA", "RGB", "RGBA"):
+            raise ValueError(f"{path}: unsupported image mode {img.mode!r}; save it as 8-bit gray or RGB PNG")
+        return np.asarray(img)
+
+
+def read_ground_truth(path: str | os.PathLike) -> np.ndarray:
+    """Binary GT (H, W) bool: ``rgb2gray`` for colour, then ``> 128`` (``main.m``)."""
+    gt = _read_array(path)
+    if gt.dtype == bool:
+        return gt
+    if gt.ndim == 3:
+        if gt.shape[2] >= 3:  # MATLAB rgb2gray weights, rounded back to the integer type
+            rgb = gt[..., :3].astype(np.float64)
+            gray = rgb @ np.array([0.298936021293775, 0.587043074451121, 0.114020904255103])
+            gt = np.round(gray).astype(gt.dtype)
+        else:
+            gt = gt[..., 0]
+    return gt > GT_THRESHOLD
+
+
+def read_prediction_map(path: str | os.PathLike) -> np.ndarray:
+    """Prediction map (H, W) float64 in [0, 1]: first channel, ``im2double`` scaling (/255, /65535)."""
+    pred = _read_array(path)
+    if pred.ndim == 3:
+        pred = pred[..., 0]
+    if pred.dtype == bool:
+        return pred.astype(np.float64)
+    scale = 65535.0 if pred.dtype == np.uint16 else 255.0
+    return pred.astype(np.float64) / scale
+
+
+def resize_map(pred: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Bilinear resize (MONAI ``Resize``, align_corners=False, no anti-aliasing) of a 2D map to ``shape``."""
+    if tuple(pred.shape) == tuple(shape):
+        return pred
+    size = tuple(int(s) for s in shape)
+    resize = Resize(spatial_size=size, mode="bilinear", align_corners=False, dtype=torch.float64)
+    return convert_to_numpy(resize(torch.as_tensor(pred, dtype=torch.float64)[None])[0], dtype=np.float64)
+
+
+def normalise_map(pred: np.ndarray) -> np.ndarray:
+    """Min-max normalisation to [0, 1] like MATLAB ``mapminmax(x, 0, 1)``; a constant map gives zeros.
+
+    Source: MATLAB ``mapminmax`` (y = (ymax - ymin) * (x - xmin) / (xmax - xmin) + ymin), applied
+    as ``(x - xmin) * gain`` with ``gain = 1 / (xmax - xmin)``.
+    """
+    pred = np.asarray(pred, dtype=np.float64)
+    low, high = float(pred.min()), float(pred.max())
+    if not high > low:
+        return np.zeros_like(pred)
+    return (pred - low) * (1.0 / (high - low))
+
+
+def _count_at_least(sorted_values: np.ndarray, thresholds: np.ndarray, strict: bool) -> np.ndarray:
+    """How many of ``sorted_values`` are >= (or > when ``strict``) each threshold."""
+    side = "right" if strict else "left"
+    return sorted_values.size - np.searchsorted(sorted_values, thresholds, side=side)
+
+
+def _confusion(pred: np.ndarray, gt: np.ndarray, thresholds: np.ndarray, strict: bool) -> tuple[np.ndarray, ...]:
+    """TP, FP, FN, TN per threshold for ``pred >= t`` (``pred > t`` when ``strict``)."""
+    fg = np.sort(pred[gt], kind="stable")
+    bg = np.sort(pred[~gt], kind="stable")
+    tp = _count_at_least(fg, thresholds, strict).astype(np.float64)
+    fp = _count_at_least(bg, thresholds, strict).astype(np.float64)
+    return tp, fp, fg.size - tp, bg.size - fp
+
+
+def threshold_scores(
+    pred: np.ndarray, gt: np.ndarray, thresholds: np.ndarray = THRESHOLDS
+) -> dict[str, np.ndarray]:
+    """Dice, sensitivity, specificity of ``pred >= t`` per threshold; all 0 where TP = 0.
+
+    Source: ``Fmeasure_calu.m`` of the Inf-Net toolbox: Dice = 2TP / (|GT| + |P|),
+    sensitivity = TP / |GT|, specificity = TN / (TN + FP).
+    """
+    tp, fp, fn, tn = _confusion(pred, np.asarray(gt, dtype=bool), np.asarray(thresholds), strict=False)
+    hit = tp > 0
+    return {
+        "dice": _ratio(2 * tp, (tp + fn) + (tp + fp), hit),
+        "sensitivity": _ratio(tp, tp + fn, hit),
+        # an all-foreground GT has no negatives: specificity 1 (MATLAB would give 0/0 = NaN)
+        "specificity": np.where(hit & (tn + fp == 0), 1.0, _ratio(tn, tn + fp, hit & (tn + fp > 0))),
+    }
+
+
+def _ratio(num: np.ndarray, den: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """``num / den`` where ``where`` holds, 0 elsewhere."""
+    out = np.zeros_like(num, dtype=np.float64)
+    np.divide(num, den, out=out, where=where)
+    return out
+
+
+def _object_score(values: np.ndarray) -> float:
+    """``Object`` of ``StructureMeasure.m``: 2x / (x^2 + 1 + sigma_x + eps), sigma with N-1 (MATLAB std)."""
+    x = float(values.mean())
+    sigma = float(values.std(ddof=1)) if values.size > 1 else 0.0
+    return 2.0 * x / (x * x + 1.0 + sigma + EPS)
+
+
+def _region_ssim(pred: np.ndarray, gt: np.ndarray) -> float:
+    """``ssim`` of ``S_region.m``: the SSIM-like structural similarity of one quadrant."""
+    n = pred.size
+    dgt = gt.astype(np.float64)
+    x, y = float(pred.mean()), float(dgt.mean())
+    sigma_x2 = float(((pred - x) ** 2).sum()) / (n - 1 + EPS)
+    sigma_y2 = float(((dgt - y) ** 2).sum()) / (n - 1 + EPS)
+    sigma_xy = float(((pred - x) * (dgt - y)).sum()) / (n - 1 + EPS)
+    alpha = 4 * x * y * sigma_xy
+    beta = (x * x + y * y) * (sigma_x2 + sigma_y2)
+    if alpha != 0:
+        return alpha / (beta + EPS)
+    return 1.0 if beta == 0 else 0.0
+
+
+def _matlab_round(value: float) -> int:
+    return int(np.floor(value + 0.5))  # MATLAB rounds halves away from zero (values here are > 0)
+
+
+def _s_region(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Region-aware term: SSIM of the four quadrants around the GT centroid, area-weighted."""
+    rows, cols = gt.shape
+    total = float(gt.sum())
+    col_x = _matlab_round(float(gt.sum(axis=0) @ np.arange(1, cols + 1)) / total)  # 1-based centroid
+    row_y = _matlab_round(float(gt.sum(axis=1) @ np.arange(1, rows + 1)) / total)
+    area = rows * cols
+    w1 = col_x * row_y / area
+    w2 = (cols - col_x) * row_y / area
+    w3 = col_x * (rows - row_y) / area
+    weights = (w1, w2, w3, 1.0 - w1 - w2 - w3)
+    quadrants = (
+        (slice(0, row_y), slice(0, col_x)),
+        (slice(0, row_y), slice(col_x, cols)),
+        (slice(row_y, rows), slice(0, col_x)),
+        (slice(row_y, rows), slice(col_x, cols)),
+    )
+    score = 0.0
+    for weight, (rs, cs) in zip(weights, quadrants):
+        if pred[rs, cs].size:  # an empty quadrant has weight 0 (MATLAB would give NaN here)
+            score += weight * _region_ssim(pred[rs, cs], gt[rs, cs])
+    return score
+
+
+def s_measure(pred: np.ndarray, gt: np.ndarray, alpha: float = 0.5) -> float:
+    """Structure measure S = alpha * S_object + (1 - alpha) * S_region, clipped at 0.
+
+    Source: Fan et al., "Structure-measure: A New Way to Evaluate Foreground Maps", ICCV 2017, and
+    its reference code ``StructureMeasure.m`` / ``S_object.m`` / ``S_region.m``. All-background GT:
+    1 - mean(pred); all-foreground GT: mean(pred).
+    """
+    pred = np.asarray(pred, dtype=np.float64)
+    gt = np.asarray(gt, dtype=bool)
+    fg_fraction = float(gt.mean())
+    if fg_fraction == 0.0:
+        return 1.0 - float(pred.mean())
+    if fg_fraction == 1.0:
+        return float(pred.mean())
+    s_object = fg_fraction * _object_score(pred[gt]) + (1 - fg_fraction) * _object_score(1.0 - pred[~gt])
+    score = alpha * s_object + (1 - alpha) * _s_region(pred, gt)
+    return max(score, 0.0)
+
+
+def _e_measure_from_counts(tp, fp, fn, tn) -> np.ndarray:
+    """E-measure from the confusion counts of a binary map (vectorised over thresholds).
+
+    The enhanced alignment matrix takes only four values (FM, GT in {0, 1}), so its sum is the
+    count-weighted sum of those four values.
+    """
+    tp, fp, fn, tn = (np.asarray(a, dtype=np.float64) for a in (tp, fp, fn, tn))
+    n = tp + fp + fn + tn
+    n_gt = tp + fn
+    n_fm = tp + fp
+    mu_fm, mu_gt = n_fm / n, n_gt / n
+    total = np.zeros_like(n)
+    for count, fm, g in ((tp, 1.0, 1.0), (fp, 1.0, 0.0), (fn, 0.0, 1.0), (tn, 0.0, 0.0)):
+        a_fm, a_gt = fm - mu_fm, g - mu_gt
+        align = 2.0 * a_gt * a_fm / (a_gt * a_gt + a_fm * a_fm + EPS)
+        total = total + count * (align + 1.0) ** 2 / 4.0
+    total = np.where(n_gt == 0, n - n_fm, total)  # all-background GT: sum(1 - FM)
+    total = np.where(n_gt == n, n_fm, total)  # all-foreground GT: sum(FM)
+    return total / (n - 1 + EPS)
+
+
+def e_measure(binary_map: np.ndarray, gt: np.ndarray) -> float:
+    """Enhanced-alignment measure of a binary map.
+
+    Source: Fan et al., "Enhanced-alignment Measure for Binary Foreground Map Evaluation", IJCAI 2018,
+    reference code ``Enhancedmeasure.m``: phi = 2 (GT - mu_GT)(FM - mu_FM) / ((GT - mu_GT)^2 +
+    (FM - mu_FM)^2 + eps), E = sum((phi + 1)^2 / 4) / (H * W - 1 + eps); all-background GT uses
+    1 - FM, all-foreground GT uses FM as the enhanced matrix.
+    """
+    fm = np.asarray(binary_map).astype(bool)
+    gt = np.asarray(gt, dtype=bool)
+    tp = np.sum(fm & gt)
+    fp = np.sum(fm & ~gt)
+    fn = np.sum(~fm & gt)
+    tn = np.sum(~fm & ~gt)
+    return float(_e_measure_from_counts(tp, fp, fn, tn))
+
+
+def e_measure_curve(pred: np.ndarray, gt: np.ndarray, thresholds: np.ndarray = THRESHOLDS) -> np.ndarray:
+    """E-measure of ``pred > t`` per threshold (``main.m`` binarises strictly for it)."""
+    return _e_measure_from_counts(*_confusion(pred, np.asarray(gt, dtype=bool), np.asarray(thresholds), strict=True))
+
+
+def mean_absolute_error(pred: np.ndarray, gt: np.ndarray) -> float:
+    """MAE = mean |GT - pred| on the normalised map (``main.m``)."""
+    return float(np.abs(np.asarray(gt, dtype=np.float64) - np.asarray(pred, dtype=np.float64)).mean())
+
+
+@dataclass
+class SliceScores:
+    """Scores of one image: per-threshold curves (256,) and scalar S-measure and MAE."""
+
+    dice: np.ndarray
+    sensitivity: np.ndarray
+    specificity: np.ndarray
+    e_measure: np.ndarray
+    s_measure: float
+    mae: float
+    resized: bool = field(default=False)
+
+    def row(self) -> dict:
+        """Per-image row: curve metrics averaged over thresholds."""
+        return {
+            "dice": float(self.dice.mean()),
+            "sensitivity": float(self.sensitivity.mean()),
+            "specificity": float(self.specificity.mean()),
+            "s_measure": self.s_measure,
+            "e_measure": float(self.e_measure.mean()),
+            "mae": self.mae,
+        }
+
+
+def slice_scores(pred_map: np.ndarray, gt: np.ndarray) -> SliceScores:
+    """Toolbox scores of one image: ``pred_map`` (h, w) in [0, 1] (any size), ``gt`` (H, W) bool."""
+    gt = np.asarray(gt, dtype=bool)
+    resized = tuple(pred_map.shape) != tuple(gt.shape)
+    pred = normalise_map(resize_map(np.asarray(pred_map, dtype=np.float64), gt.shape))
+    curves = threshold_scores(pred, gt)
+    return SliceScores(
+        dice=curves["dice"],
+        sensitivity=curves["sensitivity"],
+        specificity=curves["specificity"],
+        e_measure=e_measure_curve(pred, gt),
+        s_measure=s_measure(pred, gt),
+        mae=mean_absolute_error(pred, gt),
+        resized=resized,
+    )
+
+
+def summarise_slice_scores(scores: Sequence[SliceScores]) -> dict:
+    """Toolbox summary over images: mean and max over thresholds of the per-threshold image means.
+
+    Returns ``{"dice": {"mean": meanDic, "max": maxDic}, ..., "s_measure": Sm, "mae": MAE,
+    "curves": {name: list of 256 per-threshold means}}`` (keys as in ``main.m``'s output).
+    """
+    if not scores:
+        raise ValueError("no images to summarise")
+    summary: dict = {}
+    curves: dict = {"thresholds": THRESHOLDS.tolist()}
+    for name in ("dice", "sensitivity", "specificity", "e_measure"):
+        column = np.mean(np.stack([getattr(s, name) for s in scores]), axis=0)
+        curves[name] = column.tolist()
+        summary[name] = {"mean": float(column.mean()), "max": float(column.max())}
+    summary["s_measure"] = float(np.mean([s.s_measure for s in scores]))
+    summary["mae"] = float(np.mean([s.mae for s in scores]))
+    summary["curves"] = curves
+    return summary

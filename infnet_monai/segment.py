@@ -1,0 +1,94 @@
+"""``infnet-monai segment``: segment CT volumes (NIfTI files, DICOM folders, globs) to masks.
+
+Each volume goes through the shared chain (:mod:`infnet_monai.transforms.chain`) and
+:func:`infnet_monai.inference.infer_volume`; a bad volume is reported in one line and skipped,
+the others are still processed; outputs are written atomically and never over an input.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from infnet_monai.inference import infer_volume, load_network, mask_saver, slice_inferer
+from infnet_monai.transforms.chain import DEFAULT_WINDOW_HU, ct_postprocessing, ct_preprocessing
+from infnet_monai.transforms.io import CTInputError, expand_inputs
+
+__all__ = ["SegmentOptions", "output_path", "segment_volumes"]
+
+
+@dataclass
+class SegmentOptions:
+    """Settings of a segmentation run (CLI flags)."""
+
+    output_dir: Path
+    weights: str | None
+    device: str | None = None
+    batch_size: int = 8
+    window: Sequence[float] = DEFAULT_WINDOW_HU
+    lung_crop: bool = True
+    restrict_to_lung: bool = True
+    threshold: float = 0.5
+    save_prob: bool = False
+    overwrite: bool = False
+    series_uid: str | None = None
+    progress: bool = True
+    results: list = field(default_factory=list)
+
+
+def _case_name(path: Path) -> str:
+    name = path.name
+    for ext in (".nii.gz", ".nii"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def output_path(input_path: Path, output_dir: Path, postfix: str = "seg") -> Path:
+    """Where the mask of ``input_path`` goes: ``output_dir/<name>_<postfix>.nii.gz``."""
+    return Path(output_dir) / f"{_case_name(Path(input_path))}_{postfix}.nii.gz"
+
+
+def segment_volumes(inputs: Sequence[str], opts: SegmentOptions) -> int:
+    """Segment every volume in ``inputs``; returns the number of volumes that failed."""
+    paths = expand_inputs(inputs)
+    network = load_network(opts.weights, opts.device)
+    pre = ct_preprocessing(
+        window=opts.window, lung_crop=opts.lung_crop, series_uid=opts.series_uid,
+        keep_lung_mask=opts.restrict_to_lung,
+    )
+    post = ct_postprocessing(
+        pre, threshold=opts.threshold, prob_key="prob" if opts.save_prob else None,
+        restrict_to_lung=opts.restrict_to_lung,
+    )
+    inferer = slice_inferer(opts.batch_size, opts.device, progress=opts.progress)
+    save_mask = mask_saver(opts.output_dir, "seg", np.uint8)
+    save_prob = mask_saver(opts.output_dir, "prob", np.float32)
+    failures = 0
+    for path in tqdm(paths, desc="volumes", unit="vol", disable=not opts.progress or len(paths) < 2):
+        target = output_path(path, opts.output_dir)
+        if target.resolve() == path.resolve():
+            print(f"{path}: output would overwrite the input; choose another -o", file=sys.stderr)
+            failures += 1
+            continue
+        if target.exists() and not opts.overwrite:
+            print(f"{target}: exists, kept; pass --overwrite to replace it", file=sys.stderr)
+            continue
+        try:
+            item = pre({"image": str(path)})
+            result = infer_volume(item, network, inferer, post)
+        except CTInputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failures += 1
+            continue
+        save_mask(result.item["pred"])
+        if opts.save_prob:
+            save_prob(result.item["prob"])
+        opts.results.append((path, target, result))
+        print(result.summary(_case_name(path)))
+    return failures

@@ -1,0 +1,176 @@
+"""The one preprocessing and postprocessing chain, shared by the bundle, the CLI and MONAI Label.
+
+CT volume → network (:func:`ct_preprocessing`)::
+
+    load (NIfTI or DICOM series, HU)  → channel first → orient (PLS: each axial slice is the
+    radiological display image, rows anterior→posterior, columns patient right→left, as the
+    Inf-Net training slices) → lung mask from HU → HU window [-1250, 250] → [0, 1]
+    → crop to the lungs (in-plane bounding box over all slices + margin; optional)
+    → resize in-plane to 352×352 keeping the slice count → 3 channels, ImageNet mean/std
+
+Network output → mask in the input geometry (:func:`ct_postprocessing`)::
+
+    sigmoid → Invertd (probabilities interpolated back through resize, crop and orientation)
+    → threshold (0.5) → ∩ dilated lung mask (optional) → uint8
+
+Every spatial step is a MONAI invertible transform recorded on the MetaTensor, so ``Invertd``
+restores the input's exact shape and affine.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from monai.transforms import (
+    Activationsd,
+    AsDiscreted,
+    CastToTyped,
+    Compose,
+    CopyItemsd,
+    CropForegroundd,
+    DeleteItemsd,
+    EnsureTyped,
+    Invertd,
+    MapTransform,
+    NormalizeIntensityd,
+    Orientationd,
+    RepeatChanneld,
+    Resized,
+    ScaleIntensityRanged,
+)
+
+from .io import LoadCTd
+from .lung import LungMaskd, RestrictToLungd, lung_columns
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "DEFAULT_WINDOW_HU",
+    "NETWORK_SIZE",
+    "SLICE_AXCODES",
+    "network_input_transforms",
+    "ct_preprocessing",
+    "ct_postprocessing",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_WINDOW_HU = (-1250.0, 250.0)
+NETWORK_SIZE = 352
+# Orientation of the network's array axes: (row → Posterior, column → patient Left, slice →
+# Superior), i.e. every axial slice is the image as radiologists display it.
+SLICE_AXCODES = "PLS"
+
+
+def network_input_transforms(keys: str | Sequence[str]) -> list[MapTransform]:
+    """[0, 1] single-channel image ``(1, *spatial)`` → Inf-Net input ``(3, *spatial)``: the
+    grey channel repeated and normalised with the ImageNet mean/std, as in the authors' training."""
+    return [
+        RepeatChanneld(keys=keys, repeats=3),
+        NormalizeIntensityd(
+            keys=keys, subtrahend=np.array(IMAGENET_MEAN), divisor=np.array(IMAGENET_STD), channel_wise=True
+        ),
+    ]
+
+
+def ct_preprocessing(
+    image_key: str = "image",
+    label_keys: Sequence[str] = (),
+    window: Sequence[float] = DEFAULT_WINDOW_HU,
+    lung_crop: bool = True,
+    crop_margin: int = 10,
+    spatial_size: int = NETWORK_SIZE,
+    series_uid: str | None = None,
+    lung_key: str = "lung",
+    keep_lung_mask: bool = True,
+    load: bool = True,
+) -> Compose:
+    """CT volume (file or DICOM folder path under ``image_key``) → Inf-Net input ``(3, S, S, Z)``.
+
+    Args:
+        label_keys: optional label volumes resampled alongside (nearest neighbour), e.g. for
+            training on NIfTI pairs.
+        window: HU window (low, high) mapped to [0, 1] with clipping.
+        lung_crop: crop in-plane to the lung bounding box (over all slices) before resizing.
+        crop_margin: margin of the lung box, in voxels of the input grid.
+        spatial_size: in-plane size of the network input (multiple of 32).
+        series_uid: DICOM series to read when a folder holds several.
+        keep_lung_mask: keep the lung mask (input grid, oriented) under ``lung_key`` for
+            restricting the infection mask and for reports; otherwise it is dropped after the crop.
+        load: include the loader (False when the caller provides loaded MetaTensors).
+
+    Output: ``image_key`` ``(3, spatial_size, spatial_size, Z)`` float32 MetaTensor whose
+    ``applied_operations`` let ``Invertd`` return to the input grid.
+    """
+    if spatial_size % 32:
+        raise ValueError(f"spatial_size must be a multiple of 32 for Inf-Net, got {spatial_size}")
+    low, high = (float(v) for v in window)
+    if not low < high:
+        raise ValueError(f"HU window must be (low, high) with low < high, got {tuple(window)}")
+    label_keys = list(label_keys)
+    spatial_keys = [image_key] + label_keys
+    xforms: list = []
+    if load:
+        xforms.append(
+            LoadCTd(keys=spatial_keys, series_uid=series_uid, image_only=True, ensure_channel_first=True)
+        )
+    xforms += [
+        EnsureTyped(keys=spatial_keys, dtype=torch.float32, track_meta=True),
+        Orientationd(keys=spatial_keys, axcodes=SLICE_AXCODES, labels=None),
+    ]
+    use_lung = lung_crop or keep_lung_mask
+    if use_lung:
+        xforms.append(LungMaskd(keys=image_key, lung_key=lung_key))
+    xforms.append(ScaleIntensityRanged(keys=image_key, a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True))
+    # the lung mask follows the image through crop and resize (nearest), so that Invertd can
+    # bring it back to the input grid with the prediction
+    nearest_keys = label_keys + ([lung_key] if keep_lung_mask else [])
+    if lung_crop:
+        xforms.append(
+            CropForegroundd(
+                keys=[image_key] + nearest_keys, source_key=lung_key, select_fn=lung_columns,
+                margin=(crop_margin, crop_margin, 0), allow_smaller=True,
+            )
+        )
+    if use_lung and not keep_lung_mask:
+        xforms.append(DeleteItemsd(keys=lung_key))
+    xforms.append(Resized(keys=image_key, spatial_size=(spatial_size, spatial_size, -1), mode="bilinear"))
+    if nearest_keys:
+        xforms.append(Resized(keys=nearest_keys, spatial_size=(spatial_size, spatial_size, -1), mode="nearest"))
+    xforms += network_input_transforms(image_key)
+    return Compose(xforms)
+
+
+def ct_postprocessing(
+    preprocessing: Compose,
+    pred_key: str = "pred",
+    image_key: str = "image",
+    threshold: float = 0.5,
+    prob_key: str | None = None,
+    restrict_to_lung: bool = True,
+    lung_key: str = "lung",
+    lung_dilation_mm: float = 5.0,
+) -> Compose:
+    """Network logits ``(1, S, S, Z)`` → uint8 mask ``(1, X, Y, Z)`` on the input grid.
+
+    ``prob_key``: also keep the probability map (float32, input grid) under that key.
+    ``restrict_to_lung``: intersect with the lung mask dilated by ``lung_dilation_mm`` (needs the
+    preprocessing's ``keep_lung_mask``).
+    """
+    inverted = [pred_key] + ([lung_key] if restrict_to_lung else [])
+    xforms: list = [
+        Activationsd(keys=pred_key, sigmoid=True),
+        Invertd(
+            keys=inverted, transform=preprocessing, orig_keys=image_key,
+            nearest_interp=[False] + [True] * (len(inverted) - 1), to_tensor=True,
+        ),
+    ]
+    if prob_key:
+        xforms.append(CopyItemsd(keys=pred_key, names=prob_key))
+    xforms.append(AsDiscreted(keys=pred_key, threshold=threshold))
+    if restrict_to_lung:
+        xforms.append(RestrictToLungd(keys=pred_key, lung_key=lung_key, dilation_mm=lung_dilation_mm))
+    xforms.append(CastToTyped(keys=pred_key, dtype=torch.uint8))
+    return Compose(xforms)

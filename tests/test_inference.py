@@ -1,0 +1,71 @@
+"""Volume inference geometry: masks come back on the input grid, with no flip, transpose or shift."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from infnet_monai.inference import infer_volume, slice_inferer
+from infnet_monai.transforms.chain import IMAGENET_MEAN, IMAGENET_STD, ct_postprocessing, ct_preprocessing
+
+from phantoms import affine_for, chest_phantom, save_nifti
+
+
+class IntensityAsLogit(nn.Module):
+    """Test double: the logit is the windowed input intensity minus 0.5 (so the mask is
+    'windowed intensity > 0.5', i.e. HU > -500 for the default window)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :1] * IMAGENET_STD[0] + IMAGENET_MEAN[0] - 0.5
+
+
+def _run(path, lung_crop=False, restrict=False):
+    pre = ct_preprocessing(lung_crop=lung_crop, keep_lung_mask=restrict)
+    post = ct_postprocessing(pre, restrict_to_lung=restrict)
+    item = pre({"image": str(path)})
+    return infer_volume(item, IntensityAsLogit(), slice_inferer(4, "cpu"), post)
+
+
+@pytest.mark.parametrize(
+    "axcodes, order",
+    [("RAS", (0, 1, 2)), ("LPS", (0, 1, 2)), ("ASR", (1, 2, 0)), ("SLP", (2, 0, 1)), ("PRI", (1, 0, 2))],
+)
+def test_exact_geometry_round_trip(tmp_path, axcodes, order):
+    """In-plane 352x352 (no resize, no crop): the mask must equal the thresholded input exactly."""
+    spacing_ras = (0.7, 0.9, 2.5)
+    vol_ras = chest_phantom((352, 352, 5), spacing_ras)
+    # store the same anatomy with voxel axes along `axcodes`
+    vol = np.transpose(vol_ras, order)
+    spacing = tuple(spacing_ras[i] for i in order)
+    for axis, code in enumerate(axcodes):
+        if code in "LPI":
+            vol = np.flip(vol, axis)
+    path = save_nifti(tmp_path / f"ct_{axcodes}.nii.gz", np.ascontiguousarray(vol), affine_for(spacing, axcodes))
+    result = _run(path)
+    mask = result.item["pred"]
+    expected = (vol > -500).astype(np.uint8)
+    assert tuple(mask.shape[1:]) == vol.shape
+    np.testing.assert_array_equal(mask[0].numpy(), expected)
+    np.testing.assert_allclose(np.asarray(mask.affine), nib.load(str(path)).affine, atol=1e-4)
+
+
+def test_resized_and_cropped_round_trip_matches_threshold(tmp_path):
+    """With lung crop and in-plane resize the mask equals the thresholded input up to the
+    resampling band at edges."""
+    spacing = (0.8, 0.8, 5.0)
+    vol = chest_phantom((200, 240, 6), spacing)
+    path = save_nifti(tmp_path / "ct.nii.gz", vol, affine_for(spacing, "LPS"))
+    result = _run(path, lung_crop=True)
+    mask = result.item["pred"][0].numpy().astype(bool)
+    expected = vol > -500
+    assert mask.shape == vol.shape
+    dice = 2 * (mask & expected).sum() / (mask.sum() + expected.sum())
+    assert dice > 0.98
+    assert result.slices == 6
