@@ -77,7 +77,7 @@ def test_semiseg_datalist_errors_name_the_folder(tmp_path):
     with pytest.raises(ValueError, match="Prior: no file for 1"):
         semiseg_datalist(tmp_path)
     _png(tmp_path / "Imgs" / "a.jpg", _square())
-    with pytest.raises(ValueError, match="share the stem 'a'"):
+    with pytest.raises(ValueError, match="pair as the same name 'a'"):
         semiseg_datalist(tmp_path)
 
 
@@ -111,7 +111,7 @@ def test_nifti_pairs_datalist_layouts_and_errors(tmp_path):
     assert nifti_pairs_datalist(images_dir=tmp_path / "imagesTr", labels_dir=tmp_path / "labelsTr") == items
     assert volume_stem("x/ct_0000.nii.gz") == "ct" and volume_stem("x/ct.png") is None
     _nifti(tmp_path / "labelsTr" / "case_c.nii.gz", vol)
-    with pytest.raises(ValueError, match=r"imagesTr: no partner for 1 label\(s\) \(case_c\)"):
+    with pytest.raises(ValueError, match=r"imagesTr: no file for 1 label\(s\) \(case_c\)"):
         nifti_pairs_datalist(tmp_path)
     with pytest.raises(FileNotFoundError, match="masks: folder not found"):
         nifti_pairs_datalist(tmp_path, labels_dir="masks")

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .pairing import index_by_key, unpaired_message
+
 __all__ = ["NIFTI_SUFFIXES", "nifti_pairs_datalist", "volume_stem"]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -28,16 +30,7 @@ def volume_stem(path: str | os.PathLike) -> str | None:
 
 
 def _volumes(folder: Path) -> dict[str, Path]:
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: folder not found")
-    found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        stem = volume_stem(path)
-        if stem is None:
-            continue
-        if stem in found:
-            raise ValueError(f"{folder}: '{found[stem].name}' and '{path.name}' pair with the same name; keep one")
-        found[stem] = path
+    found = index_by_key(folder, volume_stem)
     if not found:
         raise ValueError(f"{folder}: no .nii/.nii.gz volumes found")
     return found
@@ -64,10 +57,9 @@ def nifti_pairs_datalist(
     labels_path = base / (labels_dir if labels_dir is not None else "labelsTr")
     images, labels = _volumes(images_path), _volumes(labels_path)
     for folder, missing, what in (
-        (labels_path, sorted(set(images) - set(labels)), "image"),
-        (images_path, sorted(set(labels) - set(images)), "label"),
+        (labels_path, set(images) - set(labels), "image"),
+        (images_path, set(labels) - set(images), "label"),
     ):
         if missing:
-            shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-            raise ValueError(f"{folder}: no partner for {len(missing)} {what}(s) ({shown}); pair every image with a label")
+            raise ValueError(unpaired_message(folder, sorted(missing), what))
     return [{"image": str(images[stem]), "label": str(labels[stem])} for stem in sorted(images)]

@@ -14,25 +14,15 @@ from typing import Sequence
 
 from monai.data import partition_dataset
 
+from .pairing import index_by_key, unpaired_message
+
 __all__ = ["IMAGE_SUFFIXES", "semiseg_datalist", "split_datalist"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
-def _files_by_stem(folder: Path) -> dict[str, Path]:
-    files: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
-            continue
-        if path.stem in files:
-            raise ValueError(f"{folder}: two files share the stem '{path.stem}' ({files[path.stem].name}, {path.name}); keep one")
-        files[path.stem] = path
-    return files
-
-
-def _missing_message(folder: Path, stems: Sequence[str], what: str = "image") -> str:
-    shown = ", ".join(sorted(stems)[:5]) + (" ..." if len(stems) > 5 else "")
-    return f"{folder}: no file for {len(stems)} {what}(s) ({shown}); add them or remove those {what}s"
+def _image_stem(path: Path) -> str | None:
+    return path.stem if path.suffix.lower() in IMAGE_SUFFIXES else None
 
 
 def semiseg_datalist(
@@ -58,7 +48,7 @@ def semiseg_datalist(
     images_path = root / image_dir
     if not images_path.is_dir():
         raise FileNotFoundError(f"{images_path}: image folder not found; point dataset_dir at a folder with {image_dir}/")
-    images = _files_by_stem(images_path)
+    images = index_by_key(images_path, _image_stem)
     if not images:
         raise ValueError(f"{images_path}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
     datalist = [{"image": str(path)} for path in images.values()]
@@ -67,13 +57,13 @@ def semiseg_datalist(
     if label_dir is not None:
         label_path = root / label_dir
         if label_path.is_dir():
-            labels = _files_by_stem(label_path)
+            labels = index_by_key(label_path, _image_stem)
             orphans = sorted(set(labels) - set(images))
             if orphans:
-                raise ValueError(_missing_message(images_path, orphans, what="mask"))
+                raise ValueError(unpaired_message(images_path, orphans, "mask"))
             missing = sorted(set(images) - set(labels))
             if missing and require_labels:
-                raise ValueError(_missing_message(label_path, missing))
+                raise ValueError(unpaired_message(label_path, missing, "image"))
             labelled = set(labels)
             for item in datalist:
                 stem = Path(item["image"]).stem
@@ -85,10 +75,10 @@ def semiseg_datalist(
     for key, folder in (("edge", edge_dir), ("prior", prior_dir)):
         if folder is None or not (root / folder).is_dir():
             continue
-        found = _files_by_stem(root / folder)
+        found = index_by_key(root / folder, _image_stem)
         missing = sorted(labelled - set(found))
         if missing:
-            raise ValueError(_missing_message(root / folder, missing))
+            raise ValueError(unpaired_message(root / folder, missing, "image"))
         for item in datalist:
             stem = Path(item["image"]).stem
             if stem in labelled:
