@@ -2,8 +2,8 @@
 
 One training step = forward (five deep-supervision maps) + DeepSupervisionLoss + backward +
 Adam step, on random slices and masks of ``--size`` pixels (the authors train at 352).
-Every variant runs in this one process on the same data; the table prints them side by side
-with the ratio to the first row of the same device.
+Every variant runs in this one process on the same data, step by step in turn; the table prints
+the median slices/s side by side with the ratio to the first row of the same device.
 
     python benchmarks/train_throughput.py --size 352 --batch 4 --iters 5
     python benchmarks/train_throughput.py --device cuda --batch 24   # adds AMP rows
@@ -12,7 +12,9 @@ with the ratio to the first row of the same device.
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
+from typing import Callable
 
 import torch
 
@@ -20,8 +22,8 @@ from infnet_monai.losses import DeepSupervisionLoss
 from infnet_monai.networks import InfNet
 
 
-def measure(device: torch.device, channels_last: bool, amp: bool, size: int, batch: int, iters: int, warmup: int) -> float:
-    """Slices per second of ``iters`` timed training steps after ``warmup`` untimed ones."""
+def make_step(device: torch.device, channels_last: bool, amp: bool, size: int, batch: int) -> Callable[[], None]:
+    """One Inf-Net training step (same seed, data and optimiser for every variant)."""
     torch.manual_seed(0)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     net = InfNet().to(device=device, memory_format=memory_format).train()
@@ -42,24 +44,32 @@ def measure(device: torch.device, channels_last: bool, amp: bool, size: int, bat
         else:
             loss.backward()
             optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
 
-    for _ in range(warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
+    return step
+
+
+def measure(steps: list[Callable[[], None]], iters: int, warmup: int) -> list[float]:
+    """Median seconds per step of each variant; variants alternate step by step so that a
+    machine whose load changes during the run slows all of them alike."""
+    for step in steps:
+        for _ in range(warmup):
+            step()
+    times: list[list[float]] = [[] for _ in steps]
     for _ in range(iters):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return batch * iters / (time.perf_counter() - start)
+        for step, record in zip(steps, times):
+            start = time.perf_counter()
+            step()
+            record.append(time.perf_counter() - start)
+    return [statistics.median(record) for record in times]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=352, help="slice size in pixels (multiple of 32)")
     parser.add_argument("--batch", type=int, default=4, help="slices per step")
-    parser.add_argument("--iters", type=int, default=5, help="timed steps per variant")
+    parser.add_argument("--iters", type=int, default=5, help="timed steps per variant (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all", help="'all': CPU, and CUDA if present")
@@ -77,11 +87,12 @@ def main() -> None:
     for name in devices:
         device = torch.device(name)
         variants = [(False, False), (True, False)] + ([(False, True), (True, True)] if name == "cuda" else [])
-        baseline = None
-        for channels_last, amp in variants:
-            rate = measure(device, channels_last, amp, args.size, args.batch, args.iters, args.warmup)
-            baseline = baseline or rate
-            rows.append((name, "channels_last" if channels_last else "contiguous", "fp16 AMP" if amp else "fp32", rate, rate / baseline))
+        steps = [make_step(device, cl, amp, args.size, args.batch) for cl, amp in variants]
+        seconds = measure(steps, args.iters, args.warmup)
+        for (channels_last, amp), sec in zip(variants, seconds):
+            rate = args.batch / sec
+            fmt = "channels_last" if channels_last else "contiguous"
+            rows.append((name, fmt, "fp16 AMP" if amp else "fp32", rate, seconds[0] / sec))
 
     label = torch.cuda.get_device_name() if "cuda" in devices else f"{torch.get_num_threads()} CPU threads"
     print(f"Inf-Net training throughput, {args.size}x{args.size}, batch {args.batch}, {args.iters} steps ({label})")
