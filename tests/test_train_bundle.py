@@ -15,6 +15,7 @@ from monai.bundle import ConfigWorkflow
 from monai.engines.utils import IterationEvents
 from PIL import Image
 
+from bundle_helpers import write_semiseg_slices
 from conftest import BUNDLE_DIR, REPO_ROOT
 from phantoms import affine_for, chest_phantom, save_nifti
 from infnet_monai.engines import (
@@ -32,27 +33,17 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
 TINY = {"image_size": 64, "batch_size": 2, "num_workers": 0, "val_interval": 1, "cache_rate": 0.0}
 
 
-def write_slices(root: Path, n: int = 4, size: int = 64, edges: bool = False, multiclass: bool = False) -> Path:
-    """COVID-SemiSeg-like folder: bright ellipse 'lesions' on a textured slice."""
-    rng = np.random.default_rng(0)
-    for sub in ["Imgs", "GT"] + (["Edge"] if edges else []) + (["Prior"] if multiclass else []):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    yy, xx = np.mgrid[:size, :size]
+def write_multiclass_slices(root: Path, n: int = 3, size: int = 64) -> Path:
+    """Multi-class folder: slices, palette GT (1 GGO, 2 consolidation) and the binary Prior."""
+    write_semiseg_slices(root, count=n, size=size)
     for i in range(n):
-        cy, cx, r = rng.integers(18, size - 18), rng.integers(18, size - 18), rng.integers(8, 14)
-        lesion = (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
-        image = np.clip(rng.normal(60, 15, (size, size)) + 120 * lesion, 0, 255).astype(np.uint8)
-        Image.fromarray(image).save(root / "Imgs" / f"{i}.jpg", quality=95)
-        if multiclass:
-            gt = lesion.astype(np.uint8) + (lesion & (xx > cx)).astype(np.uint8)  # GGO 1, consolidation 2
-            pal = Image.fromarray(gt, mode="P")
-            pal.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * 759)
-            pal.save(root / "GT" / f"{i}.png")
-            Image.fromarray((lesion * 255).astype(np.uint8)).save(root / "Prior" / f"{i}.png")
-        else:
-            Image.fromarray((lesion * 255).astype(np.uint8)).save(root / "GT" / f"{i}.png")
-        if edges:
-            Image.fromarray(np.zeros((size, size), np.uint8)).save(root / "Edge" / f"{i}.png")
+        lesion = np.asarray(Image.open(root / "GT" / f"{i}.png")) > 127
+        gt = lesion.astype(np.uint8) + (lesion & (np.arange(size) > size // 2)).astype(np.uint8)
+        pal = Image.fromarray(gt, mode="P")
+        pal.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * 759)
+        pal.save(root / "GT" / f"{i}.png")
+        (root / "Prior").mkdir(exist_ok=True)
+        Image.fromarray((lesion * 255).astype(np.uint8)).save(root / "Prior" / f"{i}.png")
     return root
 
 
@@ -129,7 +120,7 @@ def test_latest_checkpoint_picks_highest_epoch(tmp_path):
 
 
 def test_train_config_runs_from_command_line(tmp_path):
-    data = write_slices(tmp_path / "data", n=5, edges=True)
+    data = write_semiseg_slices(tmp_path / "data", count=5, size=64)
     over = overrides(tmp_path, data, epochs=1, val_fraction=0.2, device="cpu")
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "train.json")]
     proc = subprocess.run(cmd + cli_args(over), cwd=BUNDLE_DIR, env=ENV, capture_output=True, text=True, timeout=300)
@@ -145,7 +136,7 @@ def test_train_config_runs_from_command_line(tmp_path):
 
 
 def test_resumed_run_continues_from_saved_epoch(tmp_path):
-    data = write_slices(tmp_path / "data", n=3)
+    data = write_semiseg_slices(tmp_path / "data", count=3, size=64)
     over = overrides(tmp_path, data, val_fraction=0.34, lr_decay_epochs=1, multiscale_rates=[1.0])
     first = workflow(["train.json"], epochs=1, **over)
     first.run()
@@ -166,7 +157,7 @@ def test_resumed_run_continues_from_saved_epoch(tmp_path):
 
 
 def test_multiclass_config_trains_unet_on_image_and_prior(tmp_path):
-    data = write_slices(tmp_path / "data", n=3, multiclass=True)
+    data = write_multiclass_slices(tmp_path / "data", n=3)
     wf = workflow(["train.json", "train_multiclass.json"], epochs=1, val_fraction=0.34, **overrides(tmp_path, data))
     batch = next(iter(wf.parser.get_parsed_content("train#dataloader")))
     assert batch["image"].shape == (2, 6, 64, 64) and set(batch["label"].unique().tolist()) <= {0.0, 1.0, 2.0}
@@ -204,7 +195,7 @@ def test_nifti_config_samples_slices_and_validates_volumes(tmp_path):
 
 
 def test_multi_gpu_config_runs_with_torchrun_on_gloo(tmp_path):
-    data = write_slices(tmp_path / "data", n=6)
+    data = write_semiseg_slices(tmp_path / "data", count=6, size=64)
     over = overrides(tmp_path, data, epochs=1, val_fraction=0.34, multiscale_rates=[1.0])
     configs = f"['{CONFIGS / 'train.json'}', '{CONFIGS / 'multi_gpu_train.json'}']"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run"]
