@@ -57,6 +57,7 @@ def _segment(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         series_uid=args.series,
         progress=not args.quiet,
+        report=args.report,
     )
     failures = segment_volumes(args.inputs, opts)
     return 1 if failures else 0
@@ -79,6 +80,8 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-prob", action="store_true", help="also write <name>_prob.nii.gz (float32)")
     p.add_argument("--series", metavar="UID", help="DICOM SeriesInstanceUID when a folder holds several series")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--report", action="store_true",
+                   help="also write <name>_burden.json, <name>_qc.png and a row of burden.csv")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_segment)
 def _evaluate(args: argparse.Namespace) -> int:
@@ -125,11 +128,44 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_evaluate)
 
 
+def _report(args: argparse.Namespace) -> int:
+    from infnet_monai.report.run import make_report
+
+    report = make_report(
+        args.image, args.mask, lung_mask=args.lung_mask, out_dir=args.out_dir, csv_path=args.csv,
+        case=args.case, overwrite=args.overwrite,
+    )
+    pct, sev = report["percent_involved"], report["severity_score"]
+    print(
+        f"{report['case']}: lung {report['lung_ml']['total']:.0f} mL, infection "
+        f"{report['infection_ml']['total']:.1f} mL ({pct['total']:.1f} %), severity {sev['total']}/8 -> "
+        + ", ".join(report["outputs"].values())
+    )
+    return 0
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="infection burden (lung/infection mL, percent involved, CT severity score) as JSON, CSV row "
+        "and QC PNG montage for a CT and an infection mask on the same grid",
+    )
+    p.add_argument("--image", required=True, help="CT volume in HU (NIfTI or other image file)")
+    p.add_argument("--mask", required=True, help="infection mask (> 0 = infection), same grid as --image")
+    p.add_argument("--lung-mask", help="lung labels (1 right, 2 left, or binary); default: computed from HU")
+    p.add_argument("-o", "--out-dir", default=".", help="folder for <case>_burden.json and <case>_qc.png")
+    p.add_argument("--csv", help="CSV collecting one row per case (default: OUT_DIR/burden.csv)")
+    p.add_argument("--case", help="case name (default: image file name without suffix)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing JSON/PNG of the case")
+    p.set_defaults(func=_report)
+
+
 # Each entry adds one subcommand; later features append their own adder here.
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_convert_weights,
     _add_segment,
     _add_evaluate,
+    _add_report,
 ]
 
 

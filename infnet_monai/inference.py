@@ -20,7 +20,9 @@ from monai.transforms import Compose, SaveImage
 
 from infnet_monai.networks import InfNet, load_authors_checkpoint
 from infnet_monai.transforms.chain import NETWORK_SIZE
+from infnet_monai.transforms.io import expand_inputs
 from infnet_monai.utils import AtomicNibabelWriter
+from infnet_monai.utils.geometry import voxel_volume_ml
 
 __all__ = [
     "MissingWeightsError",
@@ -31,7 +33,7 @@ __all__ = [
     "mask_saver",
     "infer_volume",
     "VolumeResult",
-    "voxel_volume_ml",
+    "volume_datalist",
 ]
 
 
@@ -97,10 +99,11 @@ def mask_saver(output_dir: str | Path, postfix: str = "seg", dtype=np.uint8) -> 
     )
 
 
-def voxel_volume_ml(affine: torch.Tensor | np.ndarray) -> float:
-    """Volume of one voxel in mL from a 4×4 affine in mm (|det| of its 3×3 part / 1000)."""
-    a = np.asarray(affine.cpu() if torch.is_tensor(affine) else affine, dtype=np.float64)
-    return float(abs(np.linalg.det(a[:3, :3])) / 1000.0)
+def volume_datalist(inputs: str | Path | Sequence[str | Path]) -> list[dict]:
+    """``[{"image": path}, ...]`` for a folder of volumes (NIfTI files or DICOM series folders),
+    a single volume, or a list of such (globs allowed)."""
+    items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    return [{"image": str(p)} for p in expand_inputs([str(i) for i in items])]
 
 
 @dataclass
@@ -139,5 +142,5 @@ def infer_volume(
     with torch.inference_mode():
         item = postprocessing(item)
     mask = item[pred_key]
-    infected = float(mask.sum()) * voxel_volume_ml(mask.affine)
+    infected = float(mask.sum()) * voxel_volume_ml(np.asarray(mask.affine))
     return VolumeResult(item, int(image.shape[-1]), time.perf_counter() - start, infected)

@@ -38,6 +38,7 @@ class SegmentOptions:
     overwrite: bool = False
     series_uid: str | None = None
     progress: bool = True
+    report: bool = False
     results: list = field(default_factory=list)
 
 
@@ -47,6 +48,35 @@ def _case_name(path: Path) -> str:
         if name.endswith(ext):
             return name[: -len(ext)]
     return name
+
+
+def _write_report(path: Path, result, opts: SegmentOptions) -> None:
+    """Burden JSON, CSV row and QC PNG of a segmented volume, next to its mask."""
+    from monai.transforms import Orientation
+
+    from infnet_monai.report.run import load_volume, report_volumes
+    from infnet_monai.utils.geometry import RAS_LABELS
+
+    ct = load_volume(path)
+    to_ras = Orientation(axcodes="RAS", labels=RAS_LABELS)
+    lung = result.item.get("lung")
+    report_volumes(
+        ct, to_ras(result.item["pred"]), None if lung is None else to_ras(lung), _case_name(path),
+        opts.output_dir, overwrite=True,
+    )
+
+
+def _root_cause(exc: BaseException, path: Path) -> str:
+    """One line for a failed volume: the CT input error when MONAI wrapped one, else the
+    innermost error prefixed with the input's path."""
+    chain = [exc]
+    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    for err in chain:
+        if isinstance(err, CTInputError):
+            return str(err)
+    inner = chain[-1]
+    return f"{path}: {inner.__class__.__name__}: {str(inner).splitlines()[0] if str(inner) else ''}"
 
 
 def output_path(input_path: Path, output_dir: Path, postfix: str = "seg") -> Path:
@@ -82,13 +112,15 @@ def segment_volumes(inputs: Sequence[str], opts: SegmentOptions) -> int:
         try:
             item = pre({"image": str(path)})
             result = infer_volume(item, network, inferer, post)
-        except CTInputError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001 - one volume's failure must not stop the others
+            print(f"error: {_root_cause(exc, path)}", file=sys.stderr)
             failures += 1
             continue
         save_mask(result.item["pred"])
         if opts.save_prob:
             save_prob(result.item["prob"])
+        if opts.report:
+            _write_report(path, result, opts)
         opts.results.append((path, target, result))
         print(result.summary(_case_name(path)))
     return failures

@@ -11,6 +11,8 @@ from torch import nn
 from infnet_monai.inference import infer_volume, slice_inferer
 from infnet_monai.transforms.chain import IMAGENET_MEAN, IMAGENET_STD, ct_postprocessing, ct_preprocessing
 
+from infnet_monai.transforms.lung import dilate_mm, lung_labels
+
 from phantoms import affine_for, chest_phantom, save_nifti
 
 
@@ -57,15 +59,37 @@ def test_exact_geometry_round_trip(tmp_path, axcodes, order):
 
 
 def test_resized_and_cropped_round_trip_matches_threshold(tmp_path):
-    """With lung crop and in-plane resize the mask equals the thresholded input up to the
-    resampling band at edges."""
+    """With lung crop and in-plane resize: inside the lung box (+ margin) the mask equals the
+    thresholded input up to the resampling band at edges; outside it the mask is empty."""
     spacing = (0.8, 0.8, 5.0)
     vol = chest_phantom((200, 240, 6), spacing)
-    path = save_nifti(tmp_path / "ct.nii.gz", vol, affine_for(spacing, "LPS"))
+    affine = affine_for(spacing, "LPS")
+    path = save_nifti(tmp_path / "ct.nii.gz", vol, affine)
     result = _run(path, lung_crop=True)
     mask = result.item["pred"][0].numpy().astype(bool)
-    expected = vol > -500
-    assert mask.shape == vol.shape
+    assert mask.shape == vol.shape and result.slices == 6
+    np.testing.assert_allclose(np.asarray(result.item["pred"].affine), affine, atol=1e-4)
+    xs, ys = np.nonzero(lung_labels(vol, affine).any(-1))
+    margin = 10  # ct_preprocessing's default crop margin, voxels
+    inside = np.zeros(vol.shape, bool)
+    inside[max(xs.min() - margin, 0) : xs.max() + margin + 1, max(ys.min() - margin, 0) : ys.max() + margin + 1] = True
+    expected = (vol > -500) & inside
+    assert not (mask & ~inside).any()
     dice = 2 * (mask & expected).sum() / (mask.sum() + expected.sum())
     assert dice > 0.98
-    assert result.slices == 6
+    assert inside.sum() < 0.8 * inside.size  # the crop really removed something
+
+
+def test_restrict_to_lung_keeps_only_lung_region(tmp_path):
+    """With the lung restriction on, the dense body (> -500 HU) outside the lungs is removed,
+    the lesion inside the lung stays."""
+    spacing = (0.8, 0.8, 5.0)
+    vol = chest_phantom((200, 240, 6), spacing)
+    affine = affine_for(spacing, "RAS")
+    path = save_nifti(tmp_path / "ct.nii.gz", vol, affine)
+    mask = _run(path, lung_crop=True, restrict=True).item["pred"][0].numpy().astype(bool)
+    lung = lung_labels(vol, affine) > 0
+    near_lung = dilate_mm(lung, spacing, 6.0)
+    assert not (mask & ~near_lung).any()
+    lesion = vol == -300
+    assert mask[lesion].mean() > 0.95

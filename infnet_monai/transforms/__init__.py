@@ -1,4 +1,4 @@
-"""MONAI transforms and readers for Inf-Net CT inference."""
+"""MONAI transforms of the pipeline: CT reading, lung mask, the shared pre/postprocessing chain."""
 
 from .io import (
     CTInputError,
@@ -10,4 +10,16 @@ from .io import (
     expand_inputs,
     input_kind,
     list_dicom_series,
+)
+from .lung import (
+    LungMask,
+    LungMaskd,
+    LungMaskParams,
+    RestrictToLung,
+    RestrictToLungd,
+    dilate_mm,
+    label_sides,
+    lung_columns,
+    lung_labels,
+    lung_slices,
 )

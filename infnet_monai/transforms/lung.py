@@ -1,0 +1,557 @@
+"""Lung masks from Hounsfield units alone (no learned model) and lung-based crops/restrictions.
+
+``LungMask`` labels the right lung 1 and the left lung 2 in a CT volume (1, X, Y, Z) in HU. The
+sides and the slice axis come from the affine (MONAI world = RAS, +x = patient's Right), so any
+array orientation works. Steps, on an in-plane block-averaged copy near ``working_spacing_mm``:
+
+1. air = HU < ``threshold_hu``; body = largest 3D tissue component after an in-plane opening
+   (detaches table and blankets), holes filled per axial slice; candidates = air inside the body
+   (air connected to the slice border or outside the body is dropped).
+2. Airway removal: the trachea is found in the uppermost slices as a compact air region near the
+   body midline, then followed down slice by slice (trachea, carina, main bronchi, cutting its
+   footprint out where it touches a lung for up to ``airway_merge_mm``) until each branch has
+   entered a lung; the followed regions are removed.
+3. 3D components: the largest component on each side of the body midline with at least
+   ``min_component_ml``; a single component spanning both sides (lungs touching) is split at its
+   narrowest bridge (distance-transform cores, nearest-core assignment), else at the midline.
+4. Vessels and airways inside the lungs: in-plane closing (``closing_mm``) and hole filling per
+   axial slice; then the boundary is refined at full resolution with the HU threshold.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from typing import Any, Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, Transform
+from monai.utils import TransformBackends, convert_to_dst_type
+from scipy import ndimage
+
+from infnet_monai.utils.geometry import affine_of, axial_axis, voxel_spacing, voxel_volume_ml
+
+__all__ = [
+    "RIGHT_LUNG",
+    "LEFT_LUNG",
+    "LungMaskParams",
+    "lung_labels",
+    "label_sides",
+    "dilate_mm",
+    "lung_columns",
+    "lung_slices",
+    "LungMask",
+    "LungMaskd",
+    "RestrictToLung",
+    "RestrictToLungd",
+]
+
+RIGHT_LUNG = 1
+LEFT_LUNG = 2
+
+# In-plane 4-connectivity with no link between slices: makes ndimage ops act per axial slice
+# on arrays whose last axis is the slice axis.
+_INPLANE = np.zeros((3, 3, 3), dtype=bool)
+_INPLANE[:, :, 1] = ndimage.generate_binary_structure(2, 1)
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _spatial(x: Any) -> np.ndarray:
+    """(1, X, Y, Z) or (X, Y, Z) -> (X, Y, Z) numpy."""
+    a = _to_numpy(x)
+    if a.ndim == 4:
+        if a.shape[0] != 1:
+            raise ValueError(f"expected one channel (1, X, Y, Z), got shape {a.shape}")
+        a = a[0]
+    if a.ndim != 3:
+        raise ValueError(f"expected a 3D volume (1, X, Y, Z), got shape {a.shape}")
+    return a
+
+
+def _axial_last(affine: np.ndarray) -> tuple[list[int], np.ndarray]:
+    """Axis permutation putting the slice axis last, and the affine of the permuted array."""
+    ax = axial_axis(affine)
+    perm = [d for d in range(3) if d != ax] + [ax]
+    permuted = affine.copy()
+    permuted[:, :3] = affine[:, perm]
+    return perm, permuted
+
+
+def _per_slice_fill(mask: np.ndarray) -> np.ndarray:
+    """Fill holes in every axial slice (slice axis last)."""
+    return ndimage.binary_fill_holes(mask, structure=_INPLANE)
+
+
+def _bbox(mask: np.ndarray, margin: Sequence[int]) -> tuple[slice, ...] | None:
+    idx = np.nonzero(mask)
+    if not idx[0].size:
+        return None
+    return tuple(
+        slice(max(0, int(i.min()) - m), min(n, int(i.max()) + m + 1)) for i, m, n in zip(idx, margin, mask.shape)
+    )
+
+
+def _world_x(affine: np.ndarray, index: Sequence[np.ndarray]) -> np.ndarray:
+    """World x (mm, + = patient's Right) of voxels given as index arrays."""
+    return affine[0, 0] * index[0] + affine[0, 1] * index[1] + affine[0, 2] * index[2] + affine[0, 3]
+
+
+def _centroid_x(mask: np.ndarray, affine: np.ndarray) -> float:
+    idx = np.nonzero(mask)
+    return float(_world_x(affine, [i.mean() for i in idx]))
+
+
+def dilate_mm(mask: np.ndarray, spacing: Sequence[float], mm: float) -> np.ndarray:
+    """Dilate a boolean (X, Y, Z) mask by ``mm`` (Euclidean, anisotropic ``spacing`` in mm)."""
+    mask = np.asarray(mask, dtype=bool)
+    if mm <= 0 or not mask.any():
+        return mask.copy()
+    margin = [int(np.ceil(mm / s)) + 1 for s in spacing]
+    box = _bbox(mask, margin)
+    out = np.zeros_like(mask)
+    out[box] = ndimage.distance_transform_edt(~mask[box], sampling=spacing) <= mm
+    return out
+
+
+def _nearest_seed(region: np.ndarray, seeds: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """Give every voxel of ``region`` the label of its nearest seed voxel (labels > 0)."""
+    box = _bbox(region | (seeds > 0), [0, 0, 0])
+    out = np.zeros(region.shape, dtype=np.uint8)
+    if box is None:
+        return out
+    sub = seeds[box]
+    if not (sub > 0).any():
+        return out
+    _, ind = ndimage.distance_transform_edt(sub == 0, sampling=spacing, return_indices=True)
+    out[box] = np.where(region[box], sub[tuple(ind)], 0)
+    return out
+
+
+def _shift(affine: np.ndarray, offset: Sequence[int]) -> np.ndarray:
+    """Affine of a crop starting at index ``offset``."""
+    out = affine.copy()
+    out[:3, 3] = affine[:3, :3] @ np.asarray(offset, dtype=np.float64) + affine[:3, 3]
+    return out
+
+
+def _split_component(comp: np.ndarray, affine: np.ndarray, midline_x: float) -> np.ndarray:
+    """Split one component holding both lungs: right = 1, left = 2 (uint8, same shape).
+
+    Cores at growing distance from the surface are tried until two sizeable cores lie on
+    opposite sides of the midline (the bridge between the lungs breaks); every voxel then joins
+    its nearest core. Without such cores the plane x = ``midline_x`` splits the component.
+    """
+    spacing = voxel_spacing(affine)
+    box = _bbox(comp, [1, 1, 1])
+    sub = comp[box]
+    offset = [s.start for s in box]
+    dist = ndimage.distance_transform_edt(sub, sampling=spacing)
+    total = int(sub.sum())
+    step = float(spacing.min())
+    seeds = None
+    for t in np.arange(step, float(dist.max()), step):
+        cores, n = ndimage.label(dist > t)
+        if n < 2:
+            continue
+        sizes = np.bincount(cores.ravel())[1:]
+        big = np.argsort(sizes)[::-1][:2] + 1
+        if sizes[big[1] - 1] < 0.05 * total:
+            continue
+        xs = [_centroid_x(cores == b, _shift(affine, offset)) for b in big]
+        if (xs[0] - midline_x) * (xs[1] - midline_x) < 0:
+            seeds = np.zeros(sub.shape, dtype=np.uint8)
+            right, left = (big[0], big[1]) if xs[0] > xs[1] else (big[1], big[0])
+            seeds[cores == right] = RIGHT_LUNG
+            seeds[cores == left] = LEFT_LUNG
+            break
+    out = np.zeros(comp.shape, dtype=np.uint8)
+    if seeds is not None:
+        out[box] = _nearest_seed(sub, seeds, spacing)
+    else:
+        idx = np.nonzero(comp)
+        out[idx] = np.where(_world_x(affine, idx) > midline_x, RIGHT_LUNG, LEFT_LUNG)
+    return out
+
+
+def label_sides(
+    mask: np.ndarray, affine: np.ndarray, midline_x: float | None = None, min_component_ml: float = 0.0
+) -> np.ndarray:
+    """Right (1) / left (2) labels for a boolean (X, Y, Z) lung mask, sides from the affine.
+
+    Each side keeps its largest 3D component of at least ``min_component_ml`` (a component
+    holding 20-80 % of its voxels on either side of the midline holds both lungs and is split).
+    ``midline_x`` (world x in mm) defaults to the mask's centroid. Returns uint8 (X, Y, Z).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    out = np.zeros(mask.shape, dtype=np.uint8)
+    if not mask.any():
+        return out
+    if midline_x is None:
+        midline_x = _centroid_x(mask, affine)
+    comps, _ = ndimage.label(mask)
+    sizes = np.bincount(comps.ravel())
+    sizes[0] = 0
+    min_voxels = min_component_ml / voxel_volume_ml(affine)
+    objects = ndimage.find_objects(comps)
+    chosen: dict[int, int] = {}
+    for lab in np.argsort(sizes)[::-1]:
+        if sizes[lab] < max(min_voxels, 1) or len(chosen) == 2:
+            break
+        box = objects[lab - 1]
+        idx = np.nonzero(comps[box] == lab)
+        offset = [s.start for s in box]
+        right_fraction = float(np.mean(_world_x(_shift(affine, offset), idx) > midline_x))
+        if not chosen and 0.2 < right_fraction < 0.8:
+            return _split_component(comps == lab, affine, midline_x)
+        side = RIGHT_LUNG if right_fraction >= 0.5 else LEFT_LUNG
+        chosen.setdefault(side, int(lab))
+    for side, lab in chosen.items():
+        out[comps == lab] = side
+    return out
+
+
+def _block_mean(a: np.ndarray, factors: Sequence[int]) -> np.ndarray:
+    """Average (X, Y, Z) over in-plane blocks factors[0] x factors[1] (edges padded)."""
+    fx, fy = factors
+    if fx == fy == 1:
+        return a.astype(np.float32)
+    pad = [(0, (-a.shape[0]) % fx), (0, (-a.shape[1]) % fy), (0, 0)]
+    a = np.pad(a.astype(np.float32), pad, mode="edge")
+    x, y, z = a.shape
+    return a.reshape(x // fx, fx, y // fy, fy, z).mean(axis=(1, 3))
+
+
+def _upsample(a: np.ndarray, factors: Sequence[int], shape: Sequence[int]) -> np.ndarray:
+    return np.repeat(np.repeat(a, factors[0], axis=0), factors[1], axis=1)[: shape[0], : shape[1]]
+
+
+def _body_mask(tissue: np.ndarray, opening_voxels: int) -> np.ndarray:
+    """Largest 3D tissue component after an in-plane opening, holes filled per slice."""
+    opened = ndimage.binary_opening(tissue, structure=_INPLANE, iterations=opening_voxels)
+    comps, n = ndimage.label(opened)
+    if n == 0:
+        return np.zeros_like(tissue)
+    sizes = np.bincount(comps.ravel())
+    sizes[0] = 0
+    return _per_slice_fill(comps == int(np.argmax(sizes)))
+
+
+def _trachea_seed(
+    candidates: np.ndarray, body: np.ndarray, affine: np.ndarray, p: LungMaskParams
+) -> tuple[int, np.ndarray] | None:
+    """(slice, 2D mask) of the trachea in the uppermost slices, or None (slice axis last).
+
+    Searched within ``p.airway_search_mm`` below the first slice with air inside the body:
+    compact air regions (bounding-box fill >= 0.5, aspect <= 2, 0.5 cm2 to ``p.max_airway_cm2``)
+    whose centroid lies within ``p.airway_midline_mm`` of the body's midline in that slice.
+    """
+    spacing = voxel_spacing(affine)
+    pixel_cm2 = spacing[0] * spacing[1] / 100.0
+    z_count = candidates.shape[2]
+    top_first = range(z_count - 1, -1, -1) if affine[2, 2] > 0 else range(z_count)
+    first_air_z = None
+    for z in top_first:
+        labels, n = ndimage.label(candidates[:, :, z])
+        if n == 0:
+            continue
+        first_air_z = z if first_air_z is None else first_air_z
+        if abs(z - first_air_z) * spacing[2] > p.airway_search_mm:
+            return None
+        midline = _world_x(affine, [i.mean() for i in np.nonzero(body[:, :, z])] + [z])
+        areas = np.bincount(labels.ravel()) * pixel_cm2
+        keep = []
+        for lab, box in enumerate(ndimage.find_objects(labels), start=1):
+            ext = np.array([(box[0].stop - box[0].start) * spacing[0], (box[1].stop - box[1].start) * spacing[1]])
+            fill = areas[lab] / (ext[0] * ext[1] / 100.0)
+            if not (0.5 <= areas[lab] <= p.max_airway_cm2 and fill >= 0.5 and ext.max() <= 2 * ext.min()):
+                continue
+            idx = np.nonzero(labels[box] == lab)
+            cx = _world_x(affine, [idx[0].mean() + box[0].start, idx[1].mean() + box[1].start, z])
+            if abs(cx - midline) <= p.airway_midline_mm:
+                keep.append(lab)
+        if keep:
+            return z, np.isin(labels, keep)
+    return None
+
+
+def _airway_mask(candidates: np.ndarray, body: np.ndarray, affine: np.ndarray, p: LungMaskParams) -> np.ndarray:
+    """Trachea and main bronchi: boolean (X, Y, Z), slice axis last.
+
+    From the trachea seed (:func:`_trachea_seed`) each next slice down keeps the air regions
+    overlapping the previous airway regions while they stay below ``p.max_airway_cm2``. Where a
+    branch touches a larger (lung) region, the branch's previous footprint (grown by one voxel)
+    is cut out of it, for at most ``p.airway_merge_mm`` of consecutive slices without a separate
+    airway region (then the branch has entered the lung).
+    """
+    airway = np.zeros_like(candidates)
+    seed = _trachea_seed(candidates, body, affine, p)
+    if seed is None:
+        return airway
+    spacing = voxel_spacing(affine)
+    pixel_cm2 = spacing[0] * spacing[1] / 100.0
+    down = -1 if affine[2, 2] > 0 else 1  # index step towards inferior
+    z, previous = seed
+    airway[:, :, z] = previous
+    z, merged_run = z + down, 0
+    max_merged = int(np.ceil(p.airway_merge_mm / spacing[2]))
+    while 0 <= z < candidates.shape[2]:
+        labels, _ = ndimage.label(candidates[:, :, z])
+        areas = np.bincount(labels.ravel()) * pixel_cm2
+        touched = np.unique(labels[previous & (labels > 0)])
+        small = [lab for lab in touched if areas[lab] <= p.max_airway_cm2]
+        large = [lab for lab in touched if areas[lab] > p.max_airway_cm2]
+        merged_run = 0 if small else merged_run + 1
+        if not touched.size or merged_run > max_merged:
+            break
+        # where the airway touches a lung in this slice, cut out the airway's previous footprint
+        footprint = ndimage.binary_dilation(previous, structure=_INPLANE[:, :, 1])
+        previous = np.isin(labels, small) | (footprint & np.isin(labels, large))
+        airway[:, :, z] = previous
+        z += down
+    return airway
+
+
+def _close_and_fill(labels: np.ndarray, closing_voxels: int) -> np.ndarray:
+    """Per label: in-plane closing then per-slice hole filling (vessels, airways, nodules)."""
+    out = labels.copy()
+    for side in (RIGHT_LUNG, LEFT_LUNG):
+        mask = labels == side
+        box = _bbox(mask, [closing_voxels + 1, closing_voxels + 1, 0])
+        if box is None:
+            continue
+        sub = mask[box]
+        if closing_voxels > 0:
+            padded = np.pad(sub, [(closing_voxels, closing_voxels)] * 2 + [(0, 0)])
+            closed = ndimage.binary_closing(padded, structure=_INPLANE, iterations=closing_voxels)
+            sub = closed[closing_voxels:-closing_voxels, closing_voxels:-closing_voxels]
+        sub = _per_slice_fill(sub)
+        region = out[box]
+        region[sub & (region == 0)] = side
+    return out
+
+
+def _refine(labels_c: np.ndarray, air: np.ndarray, factors: Sequence[int]) -> np.ndarray:
+    """Upsample coarse labels; within one coarse voxel of their boundary use the full-res HU air."""
+    if tuple(factors) == (1, 1):
+        return labels_c
+    inner_c = ndimage.binary_erosion(labels_c > 0, structure=_INPLANE)
+    grown_c = ndimage.grey_dilation(labels_c, footprint=_INPLANE)
+    out = np.zeros(air.shape, dtype=np.uint8)
+    box = _bbox(_upsample(grown_c > 0, factors, air.shape), [0, 0, 0])
+    if box is None:
+        return out
+    inner = _upsample(inner_c, factors, air.shape)[box]
+    grown = _upsample(grown_c, factors, air.shape)[box]
+    band = (grown > 0) & ~inner & air[box]
+    # band air must reach the lung within its slice (not e.g. an airway beyond a thin wall)
+    comps, _ = ndimage.label(inner | band, structure=_INPLANE)
+    reached = np.isin(comps, np.unique(comps[inner])) | ~inner.any(axis=(0, 1))
+    region = out[box]
+    region[inner] = _upsample(labels_c, factors, air.shape)[box][inner]
+    region[band & reached] = grown[band & reached]
+    for side in (RIGHT_LUNG, LEFT_LUNG):
+        mask = out == side
+        box = _bbox(mask, [1, 1, 0])
+        if box is not None:
+            region = out[box]
+            region[_per_slice_fill(mask[box]) & (region == 0)] = side
+    return out
+
+
+@dataclass(frozen=True)
+class LungMaskParams:
+    """Parameters of :func:`lung_labels` / :class:`LungMask`.
+
+    Attributes:
+        threshold_hu: voxels below it are air/lung (HU).
+        min_component_ml: smallest 3D air component accepted as a lung (mL).
+        working_spacing_mm: in-plane spacing for the component analysis (block averaging by an
+            integer factor; the boundary is refined at full resolution).
+        closing_mm: in-plane closing radius that closes vessels at the lung surface (mm).
+        body_opening_mm: in-plane opening radius detaching table and blankets from the body (mm).
+        max_airway_cm2: largest axial cross-section still followed as trachea/bronchus (cm2).
+        airway_midline_mm: largest distance of the trachea from the body midline (mm).
+        airway_search_mm: depth below the first in-body air searched for the trachea (mm).
+        airway_merge_mm: how far a followed airway may run touching a lung in the axial slices
+            before it counts as having entered the lung (mm).
+    """
+
+    threshold_hu: float = -320.0
+    min_component_ml: float = 50.0
+    working_spacing_mm: float = 1.6
+    closing_mm: float = 3.0
+    body_opening_mm: float = 5.0
+    max_airway_cm2: float = 10.0
+    airway_midline_mm: float = 20.0
+    airway_search_mm: float = 80.0
+    airway_merge_mm: float = 15.0
+
+
+def lung_labels(hu: np.ndarray, affine: np.ndarray, **params: float) -> np.ndarray:
+    """Right (1) / left (2) lung labels, uint8 (X, Y, Z), for a CT volume (X, Y, Z) in HU.
+
+    ``affine``: MONAI (RAS world, mm) 4x4 affine of ``hu``; ``params``: fields of
+    :class:`LungMaskParams`. See the module docstring for the steps.
+    """
+    p = LungMaskParams(**params)
+    hu = np.asarray(hu)
+    affine = np.asarray(affine, dtype=np.float64)
+    perm, affine_t = _axial_last(affine)
+    hu_t = np.transpose(hu, perm)
+    spacing = voxel_spacing(affine_t)
+    factors = [max(1, int(round(p.working_spacing_mm / s))) for s in spacing[:2]]
+    coarse_affine = affine_t.copy()
+    coarse_affine[:3, :2] = affine_t[:3, :2] * factors
+    coarse_affine[:3, 3] = affine_t[:3, 3] + affine_t[:3, :2] @ ((np.asarray(factors) - 1) / 2.0)
+    coarse_spacing = voxel_spacing(coarse_affine)
+
+    air = _block_mean(hu_t, factors) < p.threshold_hu
+    body = _body_mask(~air, max(1, int(round(p.body_opening_mm / coarse_spacing[:2].mean()))))
+    candidates = air & body
+    candidates &= ~_airway_mask(candidates, body, coarse_affine, p)
+    # drop anything touching the in-plane border of the volume
+    comps, _ = ndimage.label(candidates)
+    border = np.unique(np.concatenate([comps[0].ravel(), comps[-1].ravel(), comps[:, 0].ravel(), comps[:, -1].ravel()]))
+    candidates &= ~np.isin(comps, border[border > 0])
+
+    midline_x = _centroid_x(body, coarse_affine) if body.any() else None
+    labels_c = label_sides(candidates, coarse_affine, midline_x, p.min_component_ml)
+    closing_voxels = int(round(p.closing_mm / coarse_spacing[:2].mean()))
+    labels_c = _close_and_fill(labels_c, closing_voxels)
+    labels_t = _refine(labels_c, hu_t < p.threshold_hu, factors)
+    return np.ascontiguousarray(np.transpose(labels_t, np.argsort(perm))).astype(np.uint8)
+
+
+def _axial_index(img: Any) -> int:
+    """Index (in a channel-first (1, X, Y, Z) array) of the slice axis; last if no affine."""
+    affine = getattr(img, "affine", None)
+    return 1 + (axial_axis(affine_of(img)) if affine is not None else 2)
+
+
+def lung_columns(mask: Any) -> Any:
+    """``select_fn`` for ``CropForeground(d)``: lung mask (1, X, Y, Z) projected over all slices.
+
+    True at every slice of each (in-plane) column that holds lung in any slice, so the crop is
+    in-plane only and keeps all slices. Use a per-axis margin without a slice margin, e.g.
+    ``CropForegroundd(keys, source_key="lung", select_fn=lung_columns, margin=(8, 8, 0))``.
+    """
+    axis = _axial_index(mask)
+    positive = mask > 0
+    if isinstance(positive, torch.Tensor):
+        positive = positive.as_tensor() if isinstance(positive, MetaTensor) else positive
+        return positive.any(dim=axis, keepdim=True).expand_as(positive)
+    return np.broadcast_to(positive.any(axis=axis, keepdims=True), positive.shape)
+
+
+def lung_slices(mask: Any) -> np.ndarray:
+    """Boolean per axial slice (array order): True where the slice holds lung (mask > 0)."""
+    positive = _to_numpy(mask) > 0
+    if positive.ndim == 3:
+        positive = positive[None]
+    axis = _axial_index(mask)
+    other = tuple(d for d in range(positive.ndim) if d != axis)
+    return positive.any(axis=other)
+
+
+class LungMask(Transform):
+    """CT (1, X, Y, Z) in HU -> uint8 lung labels (1, X, Y, Z): 0 background, 1 right, 2 left lung.
+
+    ``params``: fields of :class:`LungMaskParams` (threshold HU, minimum component mL, ...).
+    A MetaTensor output carries copies of the input's meta and applied operations. Sides come
+    from the affine, so any orientation works.
+    """
+
+    backend = [TransformBackends.NUMPY]
+
+    def __init__(self, **params: float) -> None:
+        self.params = LungMaskParams(**params)
+
+    def __call__(self, img: Any, affine: Any = None) -> Any:
+        labels = lung_labels(_spatial(img), affine_of(img, affine), **asdict(self.params))[None]
+        if isinstance(img, MetaTensor):  # copies of the input's meta and applied operations
+            return MetaTensor(
+                torch.from_numpy(labels).to(img.device),
+                meta=copy.deepcopy(img.meta),
+                applied_operations=copy.deepcopy(img.applied_operations),
+            )
+        return convert_to_dst_type(labels, img, dtype=np.uint8 if isinstance(img, np.ndarray) else torch.uint8)[0]
+
+
+class LungMaskd(MapTransform):
+    """Dictionary twin of :class:`LungMask`: labels from ``keys`` (one CT key) into ``lung_key``.
+
+    ``params``: fields of :class:`LungMaskParams`.
+    """
+
+    backend = LungMask.backend
+
+    def __init__(
+        self, keys: KeysCollection, lung_key: str = "lung", allow_missing_keys: bool = False, **params: float
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.lung_key = lung_key
+        self.lung_mask = LungMask(**params)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[self.lung_key] = self.lung_mask(d[key])
+        return d
+
+
+class RestrictToLung(Transform):
+    """Mask (1, X, Y, Z) ∩ lung mask dilated by ``dilation_mm`` (Euclidean, voxel spacing).
+
+    ``enabled=False`` returns the mask unchanged. Spacing comes from the lung's (or the mask's)
+    affine; values outside the dilated lung become 0, the rest keep their value and dtype.
+    """
+
+    backend = [TransformBackends.NUMPY, TransformBackends.TORCH]
+
+    def __init__(self, dilation_mm: float = 5.0, enabled: bool = True) -> None:
+        self.dilation_mm = dilation_mm
+        self.enabled = enabled
+
+    def __call__(self, mask: Any, lung: Any) -> Any:
+        if not self.enabled:
+            return mask
+        source = lung if getattr(lung, "affine", None) is not None else mask
+        spacing = voxel_spacing(affine_of(source))
+        lung_np = _to_numpy(lung) > 0
+        if lung_np.shape[-3:] != tuple(mask.shape[-3:]):
+            raise ValueError(f"lung mask shape {lung_np.shape} does not match mask shape {tuple(mask.shape)}")
+        allowed = dilate_mm(lung_np.reshape(lung_np.shape[-3:]), spacing, self.dilation_mm)
+        allowed_t, *_ = convert_to_dst_type(np.broadcast_to(allowed, mask.shape).copy(), mask, dtype=bool)
+        if isinstance(mask, MetaTensor):
+            allowed_t = allowed_t.as_tensor()
+        return mask * allowed_t
+
+
+class RestrictToLungd(MapTransform):
+    """Dictionary twin of :class:`RestrictToLung`: restricts ``keys`` to the lung in ``lung_key``."""
+
+    backend = RestrictToLung.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        lung_key: str = "lung",
+        dilation_mm: float = 5.0,
+        enabled: bool = True,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.lung_key = lung_key
+        self.restrict = RestrictToLung(dilation_mm, enabled)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.restrict(d[key], d[self.lung_key])
+        return d
