@@ -1,4 +1,5 @@
-"""Training/validation transforms for 2D CT slices (COVID-SemiSeg-style JPEG/PNG folders).
+"""Training/validation transforms for 2D CT slices: COVID-SemiSeg-style JPEG/PNG folders, and
+axial slices sampled from NIfTI CT volumes through the shared CT chain.
 
 Chain per item of :func:`infnet_monai.data.semiseg_datalist`:
 load (grayscale) -> channel first -> image, masks, edge and prior from 0-255 to [0, 1] ->
@@ -14,22 +15,28 @@ indices (0 background, 1 ground-glass opacity, 2 consolidation).
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from monai.data import PILReader
 from monai.transforms import (
+    AsDiscreted,
     Compose,
     ConcatItemsd,
     DeleteItemsd,
     EnsureChannelFirstd,
     EnsureTyped,
+    LabelFilterd,
     LoadImaged,
     MapTransform,
+    RandCropByPosNegLabeld,
     RandFlipd,
     RandRotate90d,
     Resized,
     ScaleIntensityRanged,
+    SqueezeDimd,
 )
 
-from .chain import network_input_transforms
+from .chain import DEFAULT_WINDOW_HU, ct_preprocessing, network_input_transforms
 from .edge import EdgeTargetd
 
 __all__ = [
@@ -38,6 +45,8 @@ __all__ = [
     "slice_training_transforms",
     "slice_validation_transforms",
     "multiclass_slice_transforms",
+    "volume_slice_transforms",
+    "volume_validation_transforms",
 ]
 
 TRAIN_SIZE = 352  # Inf-Net's training size (pixels)
@@ -67,20 +76,28 @@ def _load_and_scale(keys: list[str], scaled: list[str]) -> list[MapTransform]:
 
 
 def _binary_transforms(image_size: int, augment: bool, with_edge: bool) -> Compose:
-    keys = [_IMAGE, _LABEL, _EDGE]
-    transforms = _load_and_scale(keys, keys)
     if with_edge:
-        transforms.append(EdgeTargetd(_LABEL, edge_keys=_EDGE, allow_missing_keys=True))
+        keys = [_IMAGE, _LABEL, _EDGE]
+        transforms = _load_and_scale(keys, keys) + [EdgeTargetd(_LABEL, edge_keys=_EDGE, allow_missing_keys=True)]
     else:
-        transforms.append(DeleteItemsd(_EDGE))
+        keys = [_IMAGE, _LABEL]
+        transforms = [DeleteItemsd(_EDGE)] + _load_and_scale(keys, keys)
     transforms.append(Resized(keys, spatial_size=(image_size, image_size), mode="bilinear", allow_missing_keys=True))
     if augment:
         transforms += _augmentations(keys)
-    transforms.append(network_input_transforms([_IMAGE]))
+    transforms += network_input_transforms([_IMAGE])
+    return Compose(transforms + _training_target(with_edge, compute_edge=False))
+
+
+def _training_target(with_edge: bool, compute_edge: bool) -> list[MapTransform]:
+    """Label (+ edge) -> the loss target; plain float32 tensors for fast collation."""
+    tail: list[MapTransform] = []
     if with_edge:
-        transforms += [ConcatItemsd([_LABEL, _EDGE], name=_LABEL, allow_missing_keys=True), DeleteItemsd(_EDGE)]
-    transforms.append(EnsureTyped([_IMAGE, _LABEL], dtype="float32", track_meta=False, allow_missing_keys=True))
-    return Compose(transforms)
+        if compute_edge:
+            tail.append(EdgeTargetd(_LABEL, edge_keys=_EDGE, allow_missing_keys=True))
+        tail += [ConcatItemsd([_LABEL, _EDGE], name=_LABEL, allow_missing_keys=True), DeleteItemsd(_EDGE)]
+    tail.append(EnsureTyped([_IMAGE, _LABEL], dtype="float32", track_meta=False, allow_missing_keys=True))
+    return tail
 
 
 def slice_training_transforms(image_size: int = TRAIN_SIZE, augment: bool = False) -> Compose:
@@ -113,10 +130,66 @@ def multiclass_slice_transforms(image_size: int = TRAIN_SIZE, augment: bool = Fa
     ]
     if augment:
         transforms += _augmentations(keys)
-    transforms += [
-        network_input_transforms([_IMAGE, _PRIOR]),
-        ConcatItemsd([_IMAGE, _PRIOR], name=_IMAGE),
-        DeleteItemsd(_PRIOR),
-        EnsureTyped([_IMAGE, _LABEL], dtype="float32", track_meta=False, allow_missing_keys=True),
+    transforms += network_input_transforms([_IMAGE, _PRIOR])
+    transforms += [ConcatItemsd([_IMAGE, _PRIOR], name=_IMAGE), DeleteItemsd(_PRIOR)]
+    return Compose(transforms + _training_target(with_edge=False, compute_edge=False))
+
+
+def _volume_transforms(
+    image_size: int, window: Sequence[float], lung_crop: bool, infection_labels: Sequence[int] | None
+) -> list:
+    """Shared CT chain on image + label, then the label made binary (infection = 1)."""
+    transforms: list = [
+        ct_preprocessing(
+            image_key=_IMAGE, label_keys=[_LABEL], window=window, lung_crop=lung_crop,
+            spatial_size=image_size, keep_lung_mask=False,
+        )
     ]
+    if infection_labels is not None:
+        transforms.append(LabelFilterd(_LABEL, applied_labels=list(infection_labels)))
+    transforms.append(AsDiscreted(_LABEL, threshold=0.5))
+    return transforms
+
+
+def volume_slice_transforms(
+    image_size: int = TRAIN_SIZE,
+    window: Sequence[float] = DEFAULT_WINDOW_HU,
+    lung_crop: bool = True,
+    infection_labels: Sequence[int] | None = None,
+    num_samples: int = 4,
+    pos: float = 1.0,
+    neg: float = 1.0,
+    augment: bool = False,
+) -> Compose:
+    """Binary Inf-Net training on CT volumes: axial slices sampled after the shared CT chain.
+
+    Items: ``image`` and ``label`` paths (NIfTI pairs, see
+    :func:`infnet_monai.data.nifti_pairs_datalist`). The volume goes through
+    :func:`~infnet_monai.transforms.chain.ct_preprocessing` (the inference chain: HU window, lung
+    crop, in-plane resize to ``image_size``), the label becomes binary (values in
+    ``infection_labels``, default all non-zero), then ``num_samples`` axial slices are drawn,
+    ``pos : neg`` with/without infection. Output per sample: ``image`` (3, S, S), ``label``
+    (2, S, S) mask + edge (the edge computed at the network resolution).
+    """
+    transforms = _volume_transforms(image_size, window, lung_crop, infection_labels)
+    transforms += [
+        RandCropByPosNegLabeld(
+            [_IMAGE, _LABEL], label_key=_LABEL, spatial_size=(-1, -1, 1), pos=pos, neg=neg, num_samples=num_samples
+        ),
+        SqueezeDimd([_IMAGE, _LABEL], dim=-1),
+    ]
+    if augment:
+        transforms += _augmentations([_IMAGE, _LABEL])
+    return Compose(transforms + _training_target(with_edge=True, compute_edge=True))
+
+
+def volume_validation_transforms(
+    image_size: int = TRAIN_SIZE,
+    window: Sequence[float] = DEFAULT_WINDOW_HU,
+    lung_crop: bool = True,
+    infection_labels: Sequence[int] | None = None,
+) -> Compose:
+    """Whole volumes for validation with a ``SliceInferer``: ``image`` (3, S, S, Z), binary ``label`` (1, S, S, Z)."""
+    transforms = _volume_transforms(image_size, window, lung_crop, infection_labels)
+    transforms.append(EnsureTyped([_IMAGE, _LABEL], dtype="float32", track_meta=False))
     return Compose(transforms)
