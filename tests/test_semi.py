@@ -316,10 +316,10 @@ def semi_train_parser(stage: int) -> ConfigParser:
 
 def test_semi_train_stages_resolve_their_folders():
     stage2, stage3 = semi_train_parser(2), semi_train_parser(3)
-    assert stage2.get_parsed_content("dataset_dir") == "/b/../../../shared/data/covid-semiseg/train/pseudo-label"
+    assert stage2.get_parsed_content("dataset_dir") == "/workspace/data/covid-semiseg/train/pseudo-label"
     assert stage2.get_parsed_content("ckpt_dir") == "/b/models/semi_pseudo"
     assert stage2.get_parsed_content("pretrained_weights") is None
-    assert stage3.get_parsed_content("dataset_dir") == "/b/../../../shared/data/covid-semiseg/train/doctor-label"
+    assert stage3.get_parsed_content("dataset_dir") == "/workspace/data/covid-semiseg/train/doctor-label"
     assert stage3.get_parsed_content("ckpt_dir") == "/b/models/semi_inf_net"
     assert stage3.get_parsed_content("output_dir") == "/b/eval/semi_inf_net"
     assert stage3.get_parsed_content("pretrained_weights") == "/b/models/semi_pseudo/model.pt"
