@@ -160,12 +160,68 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_report)
 
 
+def _semi_propagate(args: argparse.Namespace) -> int:
+    from infnet_monai.semi import SemiInfNetPropagation
+
+    names = ["group_size", "epochs_per_group", "initial_epochs", "image_size", "batch_size", "learning_rate",
+             "multiscale_rates", "iterations_per_epoch"]  # fmt: skip
+    settings = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    state = SemiInfNetPropagation(
+        args.labeled,
+        args.unlabeled,
+        args.work_dir,
+        settings=settings,
+        seed=args.seed,
+        initial_weights=args.initial_weights,
+        device=args.device,
+        num_workers=args.num_workers,
+        resume=args.resume,
+    ).run(max_groups=args.max_groups, progress=not args.quiet)
+    print(
+        f"{args.work_dir}: {state.groups_done}/{len(state.groups)} groups, {state.pseudo_count} slices "
+        f"pseudo-labelled in {args.work_dir / state.pseudo_dir}, model {args.work_dir / state.checkpoint}"
+    )
+    return 0
+
+
+def _add_semi_propagate(sub: argparse._SubParsersAction) -> None:
+    from pathlib import Path
+
+    p = sub.add_parser(
+        "semi-propagate",
+        help="Semi-Inf-Net: pseudo-label unlabelled slices group by group, fine-tuning Inf-Net after each group",
+    )
+    p.add_argument("--labeled", type=Path, required=True, help="labelled slices: a folder with Imgs/, GT/ (and Edge/)")
+    p.add_argument("--unlabeled", type=Path, required=True, help="unlabelled slices: a folder with Imgs/")
+    p.add_argument("--work-dir", type=Path, required=True, help="state, checkpoints and pseudo/{Imgs,GT,Edge}")
+    p.add_argument("--group-size", type=int, help="slices added per round, K (default 5)")
+    p.add_argument("--epochs-per-group", type=int, help="fine-tuning epochs after each group (default 10)")
+    p.add_argument("--initial-epochs", type=int, help="epochs on the labelled set first (default 100)")
+    p.add_argument("--initial-weights", help="start from these weights (e.g. models/model.pt) instead")
+    p.add_argument("--size", dest="image_size", type=int,
+                   help="training/prediction size in px, multiple of 32 (default 352)")
+    p.add_argument("--batch-size", type=int, help="slices per batch (default 16)")
+    p.add_argument("--lr", dest="learning_rate", type=float, help="fine-tuning learning rate (default 3e-4)")
+    p.add_argument("--scales", dest="multiscale_rates", type=float, nargs="+", metavar="RATE",
+                   help="multi-scale training rates (default 0.75 1 1.25)")
+    p.add_argument("--iterations-per-epoch", type=int, help="cap on iterations per epoch (smoke runs)")
+    p.add_argument("--seed", type=int, help="group order and training seed (default 0)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: GPU when present)")
+    p.add_argument("--num-workers", type=int, default=4, help="data loader workers (default 4)")
+    p.add_argument("--max-groups", type=int, default=None, help="stop after this many more groups")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --work-dir (settings not given are taken from it)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_semi_propagate)
+
+
 # Each entry adds one subcommand; later features append their own adder here.
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_convert_weights,
     _add_segment,
     _add_evaluate,
     _add_report,
+    _add_semi_propagate,
 ]
 
 

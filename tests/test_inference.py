@@ -93,3 +93,15 @@ def test_restrict_to_lung_keeps_only_lung_region(tmp_path):
     assert not (mask & ~near_lung).any()
     lesion = vol == -300
     assert mask[lesion].mean() > 0.95
+
+
+def test_volume_without_lungs_is_not_cropped_to_nothing(tmp_path):
+    """A volume in which no lung is found (solid tissue) falls back to the whole in-plane field."""
+    spacing = (1.5, 1.5, 5.0)
+    vol = np.full((64, 80, 3), 40.0, np.float32)
+    vol[10:20, 10:30, :] = -200.0
+    path = save_nifti(tmp_path / "nolung.nii.gz", vol, affine_for(spacing, "RAS"))
+    mask = _run(path, lung_crop=True)
+    assert tuple(mask.item["pred"].shape[1:]) == vol.shape
+    # the stand-in marks HU > -500: everything here
+    assert mask.item["pred"].float().mean() > 0.95

@@ -440,9 +440,12 @@ def lung_columns(mask: Any) -> Any:
     True at every slice of each (in-plane) column that holds lung in any slice, so the crop is
     in-plane only and keeps all slices. Use a per-axis margin without a slice margin, e.g.
     ``CropForegroundd(keys, source_key="lung", select_fn=lung_columns, margin=(8, 8, 0))``.
+    A mask without any lung selects everything (no crop) rather than an empty box.
     """
     axis = _axial_index(mask)
     positive = mask > 0
+    if not bool(positive.any()):
+        positive = positive | True
     if isinstance(positive, torch.Tensor):
         positive = positive.as_tensor() if isinstance(positive, MetaTensor) else positive
         return positive.any(dim=axis, keepdim=True).expand_as(positive)
