@@ -1,16 +1,20 @@
-"""The bundle under a real MONAI Label server (its ``monaibundle`` sample app, unchanged).
+"""The bundle under a real MONAI Label server.
 
 Runs when the MONAI Label environment exists (``.ci/monailabel.sh`` builds ``.venv-label/``;
 or set ``INFNET_MONAILABEL_PYTHON``) and the shared DICOM series is present; skips otherwise.
-One server on 127.0.0.1 serves two short real CT volumes: ``/info/`` lists the model with the
-label ``infection``, ``/infer`` returns the bundle's own mask on the image grid, a submitted
-label is stored, and ``/train`` runs one epoch that rewrites ``models/model.pt``.
+Servers on 127.0.0.1 serve two short real CT stacks. MONAI Label's own ``monaibundle`` sample
+app, unchanged, lists the model with the label ``infection`` and returns the bundle's own mask
+on the image grid. The Inf-Net app (``examples/monailabel/app``: the same inference task, plus
+training on CT volumes) stores submitted labels, retrains one epoch into ``models/model.pt``
+and segments with the retrained weights.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import importlib.util
+import json
 import os
 import shutil
 import time
@@ -20,6 +24,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from monai.bundle import ConfigParser
+from monai.transforms import SaveImaged
 
 from infnet_monai.networks import InfNet
 from infnet_monai.transforms.io import LoadCT
@@ -35,6 +41,11 @@ HOST = "127.0.0.1"
 SLICES = {"ct_a": (26, 32), "ct_b": (34, 40)}  # two 6-slice stacks (5 mm) through both lungs
 SPHERE_RADIUS_MM = 15.0
 STARTUP_S, INFER_S, TRAIN_S = 180.0, 300.0, 600.0
+# train_nifti.json values for a short CPU run (one 96x96 scale, two slices per volume)
+SMALL_TRAINING = {"image_size": 96, "multiscale_rates": [1.0], "slices_per_volume": 2, "batch_size": 2,
+                  "num_workers": 0, "cache_rate": 0.0}
+# server vs in-process bundle inference (same weights, different torch builds): voxel fraction
+MAX_MISMATCH = 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +62,8 @@ def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> Path:
 
 
 def _sphere_label(hu: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """uint8 ball of ``SPHERE_RADIUS_MM`` at the centroid of the patient-right lung voxels
-    (-950..-500 HU in the first array half along x, which runs to the patient's left in RAS)."""
+    """uint8 ball of ``SPHERE_RADIUS_MM`` at the centroid of the lung-like voxels (-950..-500 HU)
+    in the first half of the first array axis (one lung)."""
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     half = hu.shape[0] // 2
     lung = np.argwhere((hu[:half] > -950) & (hu[:half] < -500))
@@ -84,19 +95,42 @@ def studies(tmp_path_factory, dicom_series_dir) -> dict:
 
 @pytest.fixture(scope="module")
 def bundle_copy(tmp_path_factory) -> Path:
-    """The bundle's configs in tmp with seeded random InfNet weights in ``models/model.pt``."""
+    """The bundle's configs in tmp, training made small (:data:`SMALL_TRAINING` merged into
+    ``train_nifti.json``), seeded random InfNet weights in ``models/model.pt``."""
     bundle = tmp_path_factory.mktemp("bundle") / MODEL
     shutil.copytree(BUNDLE_DIR / "configs", bundle / "configs")
+    nifti = bundle / "configs" / "train_nifti.json"
+    nifti.write_text(json.dumps({**json.loads(nifti.read_text()), **SMALL_TRAINING}, indent=4))
     (bundle / "models").mkdir()
     torch.manual_seed(0)
     torch.save(InfNet().state_dict(), bundle / "models" / "model.pt")
     return bundle
 
 
+@contextlib.contextmanager
+def _running_server(app: Path, python: Path, studies_dir: Path, log: Path):
+    """A MONAI Label server for ``app`` on a free loopback port; yields its URL and stops it
+    (the whole process group) whatever happens."""
+    port = server.free_port(HOST)
+    url = f"http://{HOST}:{port}"
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "CUDA_VISIBLE_DEVICES": ""}
+    process = server.start_server(server.server_command(python, app, studies_dir, HOST, port), log, env)
+    try:
+        server.wait_until_ready(url, process, STARTUP_S, log)
+        yield url
+    finally:
+        server.stop_server(process)
+        assert process.poll() is not None
+
+
+def _infer(url: str, image_id: str) -> nib.Nifti1Image:
+    """``POST /infer/<model>?image=<id>&output=image``: the mask file MONAI Label returns."""
+    answer = server.http(f"{url}/infer/{MODEL}?image={image_id}&output=image", "POST", timeout=INFER_S, raw=True)
+    return nib.Nifti1Image.from_bytes(gzip.decompress(answer) if answer[:2] == b"\x1f\x8b" else answer)
+
+
 def _bundle_mask(bundle: Path, image: Path) -> np.ndarray:
     """The bundle's own inference (configs/inference.json, in this process) for ``image``."""
-    from monai.bundle import ConfigParser
-
     parser = ConfigParser()
     parser.read_config(bundle / "configs" / "inference.json")
     parser["bundle_root"] = str(bundle)
@@ -107,9 +141,9 @@ def _bundle_mask(bundle: Path, image: Path) -> np.ndarray:
     item = parser.get_parsed_content("preprocessing")({"image": str(image)})
     with torch.no_grad():
         item["pred"] = parser.get_parsed_content("inferer")(item["image"][None], network)[0]
-    post = [t for t in parser.get_parsed_content("postprocessing").transforms if type(t).__name__ != "SaveImaged"]
-    for transform in post:
-        item = transform(item)
+    for transform in parser.get_parsed_content("postprocessing").transforms:
+        if not isinstance(transform, SaveImaged):  # as MONAI Label does: the mask, no file
+            item = transform(item)
     return item["pred"].numpy()[0]
 
 
@@ -125,23 +159,40 @@ def _wait_for_training(url: str, timeout: float) -> dict:
 
 
 @pytest.fixture(scope="module")
+def expected_mask(studies, bundle_copy) -> np.ndarray:
+    """The bundle's own mask for ``ct_a`` with the seeded weights (before any training)."""
+    mask = _bundle_mask(bundle_copy, studies["ct_a"][0])
+    assert mask.sum() > 0  # the seeded weights mark some voxels: comparisons are not 0 == 0
+    return mask
+
+
+def test_sample_app_serves_the_bundle_for_auto_segmentation(
+    tmp_path, label_python, studies, bundle_copy, expected_mask
+):
+    app = server.prepare_app(tmp_path / "app", bundle_copy, sample_app_python=label_python)
+    with _running_server(app, label_python, studies["ct_a"][0].parent, tmp_path / "server.log") as url:
+        info = server.http(f"{url}/info/")
+        model = info["models"][MODEL]
+        assert model["type"] == "segmentation"
+        assert model["labels"] == {"infection": 1}
+        assert model["dimension"] == 2  # slice network: metadata spatial_shape [352, 352]
+        assert info["datastore"]["total"] == 2
+        mask_img = _infer(url, "ct_a")
+    image = nib.load(str(studies["ct_a"][0]))
+    assert mask_img.shape == image.shape
+    np.testing.assert_allclose(mask_img.affine, image.affine, atol=1e-4)
+    mask = np.asarray(mask_img.dataobj)
+    assert set(np.unique(mask)) <= {0, 1}
+    assert np.mean(mask != expected_mask) <= MAX_MISMATCH
+
+
+@pytest.fixture(scope="module")
 def served(tmp_path_factory, label_python, studies, bundle_copy):
-    """A MONAI Label server (monaibundle sample app + the bundle copy) on a free loopback port;
-    yields its URL and is stopped (process group killed) whatever the tests do."""
-    tmp = tmp_path_factory.mktemp("monailabel")
-    app = server.prepare_app(tmp / "app", label_python, bundle_copy, link_bundle=True)
-    port = server.free_port(HOST)
-    url = f"http://{HOST}:{port}"
-    log = tmp / "server.log"
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "CUDA_VISIBLE_DEVICES": ""}
-    studies_dir = studies["ct_a"][0].parent
-    process = server.start_server(server.server_command(label_python, app, studies_dir, HOST, port), log, env)
-    try:
-        server.wait_until_ready(url, process, STARTUP_S, log)
+    """The Inf-Net app with the bundle copy (linked, so training rewrites its model.pt)."""
+    tmp = tmp_path_factory.mktemp("infnet_app")
+    app = server.prepare_app(tmp / "app", bundle_copy)
+    with _running_server(app, label_python, studies["ct_a"][0].parent, tmp / "server.log") as url:
         yield url
-    finally:
-        server.stop_server(process)
-        assert process.poll() is not None
 
 
 @pytest.fixture(scope="module")
@@ -156,45 +207,35 @@ def submitted(served, studies) -> list:
     return server.http(f"{served}/datastore/?output=train")
 
 
-def test_info_lists_the_bundle_with_the_infection_label(served, bundle_copy):
+def test_app_lists_the_model_and_its_trainer(served):
     info = server.http(f"{served}/info/")
-    model = info["models"][MODEL]
-    assert model["type"] == "segmentation"
-    assert model["labels"] == {"infection": 1}
-    assert model["dimension"] == 2  # slice network: metadata spatial_shape [352, 352]
-    assert info["datastore"]["total"] == 2
-    assert (MODEL in info["trainers"]) == (bundle_copy / "configs" / "train.json").is_file()
+    assert info["models"][MODEL]["labels"] == {"infection": 1}
+    assert MODEL in info["trainers"]
+    assert {"random", "first"} <= set(info["strategies"])
 
 
-def test_infer_returns_the_bundle_mask_on_the_image_grid(served, studies, bundle_copy):
-    image_path = studies["ct_a"][0]
-    answer = server.http(f"{served}/infer/{MODEL}?image=ct_a&output=image", "POST", timeout=INFER_S, raw=True)
-    mask_img = nib.Nifti1Image.from_bytes(gzip.decompress(answer) if answer[:2] == b"\x1f\x8b" else answer)
-    image = nib.load(str(image_path))
-    assert mask_img.shape == image.shape
-    np.testing.assert_allclose(mask_img.affine, image.affine, atol=1e-4)
-    mask = np.asarray(mask_img.dataobj)
-    assert set(np.unique(mask)) <= {0, 1}
-    expected = _bundle_mask(bundle_copy, image_path)
-    assert expected.sum() > 0  # the seeded weights mark some voxels: the comparison is not 0 == 0
-    assert np.mean(mask != expected) <= 1e-3
+def test_app_infers_the_bundle_mask(served, studies, expected_mask):
+    mask_img = _infer(served, "ct_a")
+    np.testing.assert_allclose(mask_img.affine, nib.load(str(studies["ct_a"][0])).affine, atol=1e-4)
+    assert np.mean(np.asarray(mask_img.dataobj) != expected_mask) <= MAX_MISMATCH
 
 
 def test_submitted_labels_become_training_data(submitted, studies):
     assert sorted(Path(d["label"]).name for d in submitted) == ["ct_a.nii.gz", "ct_b.nii.gz"]
     for item in submitted:
         sent = studies[Path(item["image"]).name.removesuffix(".nii.gz")][1]
-        np.testing.assert_array_equal(np.asarray(nib.load(item["label"]).dataobj), np.asarray(nib.load(str(sent)).dataobj))
+        stored = np.asarray(nib.load(item["label"]).dataobj)
+        np.testing.assert_array_equal(stored, np.asarray(nib.load(str(sent)).dataobj))
 
 
-def test_train_one_epoch_rewrites_the_checkpoint(served, submitted, bundle_copy):
-    if not (bundle_copy / "configs" / "train.json").is_file():
-        pytest.skip("the bundle has no configs/train.json yet")
+def test_train_one_epoch_rewrites_the_checkpoint_and_inference_uses_it(
+    served, submitted, studies, bundle_copy, expected_mask
+):
     weights = bundle_copy / "models" / "model.pt"
     before = torch.load(weights, map_location="cpu")
     stamp = weights.stat().st_mtime_ns
     # one epoch on one volume, validation on the other
-    request = {"max_epochs": 1, "val_split": 0.5, "device": "cpu", "tracking": "None", "multi_gpu": False}
+    request = {"max_epochs": 1, "val_split": 0.5, "device": "cpu", "tracking": "None", "run_id": ""}
     server.http(f"{served}/train/{MODEL}", "POST", json_body=request, timeout=60)
     status = _wait_for_training(served, TRAIN_S)
     assert status["status"] == "DONE", "\n".join(status.get("details", []))
@@ -204,3 +245,9 @@ def test_train_one_epoch_rewrites_the_checkpoint(served, submitted, bundle_copy)
     InfNet().load_state_dict(after)  # strict: a complete InfNet state dict
     changed = [k for k, v in after.items() if v.is_floating_point() and not torch.equal(v, before[k])]
     assert changed, "training left every weight unchanged"
+    assert not list((bundle_copy / "models").glob("checkpoint*.pt"))  # interval checkpoints kept out
+    # the server reloads the retrained model.pt for the next auto-segmentation
+    retrained = _bundle_mask(bundle_copy, studies["ct_a"][0])
+    assert np.mean(retrained != expected_mask) > 10 * MAX_MISMATCH  # a stale model would not pass below
+    mask = np.asarray(_infer(served, "ct_a").dataobj)
+    assert np.mean(mask != retrained) <= MAX_MISMATCH

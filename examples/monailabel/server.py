@@ -1,4 +1,4 @@
-"""Serve the Inf-Net bundle from a MONAI Label server (MONAI Label's ``monaibundle`` sample app).
+"""Serve the Inf-Net bundle from a MONAI Label server.
 
 MONAI Label lives in its own virtual environment (see ``README.md`` here); this module only
 drives that environment's interpreter, so it runs from any Python (the test suite uses it)::
@@ -6,11 +6,12 @@ drives that environment's interpreter, so it runs from any Python (the test suit
     python examples/monailabel/server.py --studies /data/ct            # lay out the app, serve
     python examples/monailabel/server.py --studies /data/ct --port 8000 --app-dir ./monailabel-app
 
-:func:`prepare_app` copies the installed ``monaibundle`` app (``monailabel apps --download``, a
-local copy, no network) and puts the bundle under its ``model/`` folder; :func:`server_command`
-is ``monailabel start_server`` with the bundle, the local zoo and SAM 2 off (it would download
-weights); :func:`start_server`/:func:`wait_until_ready`/:func:`stop_server` run it as a process
-group with bounded waits; :func:`http` is a small JSON/multipart client for its REST API.
+:func:`prepare_app` lays out an app folder (this folder's ``app/``, or MONAI Label's
+``monaibundle`` sample app) with the bundle under its ``model/`` folder; :func:`server_command`
+is ``monailabel start_server`` with the bundle, the local zoo and SAM 2 off (the sample app's
+SAM 2 models would download weights); :func:`start_server`/:func:`wait_until_ready`/
+:func:`stop_server` run it as a process group with bounded waits; :func:`http` is a small
+JSON/multipart client for its REST API.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ DEFAULT_BUNDLE = REPO_ROOT / "bundles" / BUNDLE_NAME
 DEFAULT_PYTHON = REPO_ROOT / ".venv-label" / "bin" / "python"
 PYTHON_ENV_VAR = "INFNET_MONAILABEL_PYTHON"
 SAMPLE_APP = "monaibundle"
+APP_SOURCE = Path(__file__).resolve().parent / "app"
 
 
 def monailabel_python(python: str | os.PathLike | None = None) -> Path:
@@ -66,12 +68,17 @@ def monailabel_python(python: str | os.PathLike | None = None) -> Path:
 
 
 def prepare_app(
-    app_dir: str | os.PathLike, python: str | os.PathLike, bundle: str | os.PathLike = DEFAULT_BUNDLE,
-    link_bundle: bool = True, timeout: float = 120.0,
+    app_dir: str | os.PathLike, bundle: str | os.PathLike = DEFAULT_BUNDLE, link_bundle: bool = True,
+    sample_app_python: str | os.PathLike | None = None, timeout: float = 120.0,
 ) -> Path:
-    """MONAI Label's ``monaibundle`` sample app at ``app_dir`` with ``bundle`` as
-    ``app_dir/model/<bundle name>`` (a symlink when ``link_bundle``, so retraining updates that
-    bundle's ``models/model.pt``; otherwise a copy). ``app_dir`` must not exist yet."""
+    """A MONAI Label app folder at ``app_dir`` (which must not exist) with ``bundle`` as
+    ``app_dir/model/<bundle name>``: a symlink when ``link_bundle`` (retraining then updates that
+    bundle's ``models/model.pt``), otherwise a copy.
+
+    The app is this folder's ``app/`` (auto-segmentation and retraining on CT volumes), or, given
+    ``sample_app_python`` (the MONAI Label interpreter), MONAI Label's own ``monaibundle`` sample
+    app as ``monailabel apps --download`` copies it from the installed package (no network).
+    """
     app_dir, bundle = Path(app_dir).absolute(), Path(bundle).absolute()
     if app_dir.exists():
         raise FileExistsError(f"{app_dir}: already exists; pass a new --app-dir or remove it")
@@ -80,17 +87,23 @@ def prepare_app(
     staging = app_dir.parent / f".{app_dir.name}.{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)
     try:
-        subprocess.run(
-            [str(python), "-m", "monailabel.main", "apps", "--download", "--name", SAMPLE_APP, "--output", str(staging)],
-            check=True, capture_output=True, text=True, timeout=timeout,
-        )
-        (staging / SAMPLE_APP / "model").mkdir()
-        target = staging / SAMPLE_APP / "model" / bundle.name
+        if sample_app_python is None:
+            shutil.copytree(APP_SOURCE, staging / "app", ignore=shutil.ignore_patterns("__pycache__"))
+            source = staging / "app"
+        else:
+            subprocess.run(
+                [str(sample_app_python), "-m", "monailabel.main", "apps", "--download", "--name", SAMPLE_APP,
+                 "--output", str(staging)],
+                check=True, capture_output=True, text=True, timeout=timeout,
+            )
+            source = staging / SAMPLE_APP
+        (source / "model").mkdir()
+        target = source / "model" / bundle.name
         if link_bundle:
             target.symlink_to(bundle, target_is_directory=True)
         else:
             shutil.copytree(bundle, target)
-        (staging / SAMPLE_APP).rename(app_dir)
+        source.rename(app_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return app_dir
@@ -101,7 +114,7 @@ def server_command(
     host: str = "127.0.0.1", port: int = 8000, bundle_name: str = BUNDLE_NAME,
     conf: Mapping[str, str] | None = None,
 ) -> list[str]:
-    """``monailabel start_server`` for the sample app serving ``bundle_name`` from ``app/model``.
+    """``monailabel start_server`` for an app serving ``bundle_name`` from ``app_dir/model``.
 
     ``zoo_source local``: bundles come from ``model/``, nothing is downloaded; ``sam2 false``: the
     sample app's SAM 2 models would download their weights. ``conf`` adds ``--conf`` pairs.
@@ -123,7 +136,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def start_server(cmd: Sequence[str], log_path: str | os.PathLike, env: Mapping[str, str] | None = None) -> subprocess.Popen:
+def start_server(
+    cmd: Sequence[str], log_path: str | os.PathLike, env: Mapping[str, str] | None = None
+) -> subprocess.Popen:
     """Start ``cmd`` in its own process group (so :func:`stop_server` ends its training
     subprocesses too), stdout and stderr into ``log_path``."""
     with open(log_path, "wb") as log:
@@ -216,15 +231,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--studies", required=True, help="folder of CT volumes (NIfTI) or a DICOMweb URL")
     parser.add_argument("--app-dir", default="monailabel-app", help="app folder, created on first use")
     parser.add_argument("--bundle", default=str(DEFAULT_BUNDLE), help="bundle folder (linked into the app)")
-    parser.add_argument("--python", default=None, help=f"MONAI Label interpreter (default ${PYTHON_ENV_VAR} or {DEFAULT_PYTHON})")
+    parser.add_argument(
+        "--python", default=None, help=f"MONAI Label interpreter (default ${PYTHON_ENV_VAR} or {DEFAULT_PYTHON})"
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--sample-app", action="store_true",
+                        help="lay out MONAI Label's monaibundle sample app instead (auto-segmentation only)")
     args = parser.parse_args(argv)
     try:
         python = monailabel_python(args.python)
         app_dir = Path(args.app_dir)
         if not app_dir.exists():
-            prepare_app(app_dir, python, args.bundle)
+            prepare_app(app_dir, args.bundle, sample_app_python=python if args.sample_app else None)
             print(f"app prepared in {app_dir}")
     except (FileNotFoundError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)

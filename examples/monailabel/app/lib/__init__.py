@@ -1,0 +1,1 @@
+"""Tasks of the Inf-Net MONAI Label app."""
