@@ -160,7 +160,7 @@ def run_bundle_subprocess(args: Sequence[str], cwd: str | os.PathLike, timeout: 
     repository root), two CPU threads."""
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="2")
     return subprocess.run(
-        [sys.executable, "-m", "monai.bundle", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "monai.bundle", *args], cwd=cwd, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=timeout
     )
 
 

@@ -81,7 +81,7 @@ def test_cli_and_bundle_give_the_same_masks(volumes, weights, tmp_path):
         "--ckpt_path", str(weights),
     ]
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("case_a", "case_b"):
         a = nib.load(str(out_cli / f"{name}_seg.nii.gz"))

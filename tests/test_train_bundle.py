@@ -123,7 +123,7 @@ def test_train_config_runs_from_command_line(tmp_path):
     data = write_semiseg_slices(tmp_path / "data", count=5, size=64)
     over = overrides(tmp_path, data, epochs=1, val_fraction=0.2, device="cpu")
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "train.json")]
-    proc = subprocess.run(cmd + cli_args(over), cwd=BUNDLE_DIR, env=ENV, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd + cli_args(over), cwd=BUNDLE_DIR, env=ENV, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     models = tmp_path / "bundle" / "models"
     state = torch.load(models / "model.pt", weights_only=True)
@@ -200,7 +200,7 @@ def test_multi_gpu_config_runs_with_torchrun_on_gloo(tmp_path):
     configs = f"['{CONFIGS / 'train.json'}', '{CONFIGS / 'multi_gpu_train.json'}']"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run"]
     cmd += ["--config_file", configs] + cli_args(over)
-    proc = subprocess.run(cmd, cwd=BUNDLE_DIR, env=ENV, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=BUNDLE_DIR, env=ENV, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = torch.load(tmp_path / "bundle" / "models" / "checkpoint_epoch=1.pt", weights_only=True)
     # 4 training slices split over 2 ranks, batch 2 per rank: one iteration each

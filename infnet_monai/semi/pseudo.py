@@ -64,10 +64,10 @@ def predict_probabilities(
             if not isinstance(logits, torch.Tensor) or logits.shape[1] != 1:
                 raise ValueError("the network must return (B, 1, H, W) logits in eval mode (Inf-Net's final map)")
             for logit in logits:
-                # MONAI's PIL reader puts the image's width on the first spatial axis: (W, H)
+                # training slices are read row-major (H, W), as displayed and as the volumes' slices
                 width, height = next(sizes)
-                up = F.interpolate(logit[None].float(), size=(width, height), mode="bilinear", align_corners=False)
-                probs.append(torch.sigmoid(up)[0, 0].T.cpu().numpy().astype(np.float32))
+                up = F.interpolate(logit[None].float(), size=(height, width), mode="bilinear", align_corners=False)
+                probs.append(torch.sigmoid(up)[0, 0].cpu().numpy().astype(np.float32))
     return probs
 
 

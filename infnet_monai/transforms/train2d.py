@@ -67,9 +67,12 @@ def _augmentations(keys: list[str]) -> list[MapTransform]:
 
 
 def _load_and_scale(keys: list[str], scaled: list[str]) -> list[MapTransform]:
-    """Load single-channel slices channel-first; map ``scaled`` keys from 0-255 to [0, 1]."""
+    """Load single-channel slices channel-first ``(1, H, W)``, rows first as displayed (the same
+    (row → posterior, column → patient left) layout as the CT volumes' axial slices and as the
+    authors' training); map ``scaled`` keys from 0-255 to [0, 1]."""
+    reader = PILReader(converter=to_single_channel, reverse_indexing=False)
     return [
-        LoadImaged(keys, reader=PILReader(converter=to_single_channel), image_only=True, allow_missing_keys=True),
+        LoadImaged(keys, reader=reader, image_only=True, allow_missing_keys=True),
         EnsureChannelFirstd(keys, channel_dim="no_channel", allow_missing_keys=True),
         ScaleIntensityRanged(scaled, a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, allow_missing_keys=True),
     ]
