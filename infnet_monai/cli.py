@@ -51,6 +51,7 @@ def _segment(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         window=tuple(args.window),
         lung_crop=not args.no_lung_crop,
+        slice_crop=not args.no_slice_crop,
         restrict_to_lung=not args.no_lung_restrict,
         threshold=args.threshold,
         save_prob=args.save_prob,
@@ -71,11 +72,14 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output-dir", type=Path, required=True, help="folder for <name>_seg.nii.gz masks")
     p.add_argument("--weights", help="trained Inf-Net state dict (models/model.pt) or an authors' checkpoint")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: GPU when present)")
-    p.add_argument("--batch-size", type=int, default=8, help="axial slices per network call (default 8)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="axial slices per network call (default 32 on a GPU, 8 on the CPU)")
     p.add_argument("--window", type=float, nargs=2, default=[-1250.0, 250.0], metavar=("LOW", "HIGH"),
                    help="HU window mapped to [0, 1] (default -1250 250)")
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
     p.add_argument("--no-lung-crop", action="store_true", help="do not crop in-plane to the lungs")
+    p.add_argument("--no-slice-crop", action="store_true",
+                   help="infer every slice (default: only slices within 5 mm of the lungs; the others are background)")
     p.add_argument("--no-lung-restrict", action="store_true", help="do not restrict the mask to the dilated lungs")
     p.add_argument("--save-prob", action="store_true", help="also write <name>_prob.nii.gz (float32)")
     p.add_argument("--series", metavar="UID", help="DICOM SeriesInstanceUID when a folder holds several series")

@@ -1,7 +1,11 @@
 """Volume inference: the trained Inf-Net slice by slice over a CT volume.
 
 Shared by the CLI (``infnet-monai segment``) and the bundle's ``configs/inference.json``:
-:func:`load_network`, :func:`slice_inferer`, :func:`mask_saver` and :func:`infer_volume`.
+:func:`load_network`, :func:`slice_inferer`, :func:`mask_saver` and :func:`infer_volume`. The
+speed settings live here too, so both get them without flags: the network from
+:func:`load_network` is optimised for its device (:mod:`infnet_monai.networks.optimize`),
+:func:`slice_inferer` picks the slice batch for the device and :func:`infer_volume` runs CUDA
+in bf16 autocast.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from monai.inferers import SliceInferer
 from monai.transforms import Compose, SaveImage
 
 from infnet_monai.networks import InfNet, load_authors_checkpoint
-from infnet_monai.transforms.chain import NETWORK_SIZE
+from infnet_monai.networks.optimize import optimize_for_inference
+from infnet_monai.transforms.chain import NETWORK_SIZE, network_input_batch
 from infnet_monai.transforms.io import expand_inputs
 from infnet_monai.utils import AtomicNibabelWriter
 from infnet_monai.utils.geometry import voxel_volume_ml
@@ -29,6 +34,8 @@ __all__ = [
     "default_device",
     "require_weights",
     "load_network",
+    "default_batch_size",
+    "InfNetSliceInferer",
     "slice_inferer",
     "mask_saver",
     "infer_volume",
@@ -63,22 +70,52 @@ def require_weights(weights: str | Path | None) -> Path:
     return Path(weights)
 
 
-def load_network(weights: str | Path | None, device: str | torch.device | None = None) -> InfNet:
-    """InfNet in eval mode with ``weights`` (a converted state dict or an authors' checkpoint)."""
-    weights = require_weights(weights)
-    net = load_authors_checkpoint(InfNet(), weights)
-    return net.to(default_device(device)).eval()
+def load_network(
+    weights: str | Path | None, device: str | torch.device | None = None, optimize: bool = True
+) -> torch.nn.Module:
+    """InfNet in eval mode with ``weights`` (a converted state dict or an authors' checkpoint).
 
-
-def slice_inferer(batch_size: int = 8, device: str | torch.device | None = None, progress: bool = False) -> SliceInferer:
-    """``SliceInferer`` over axial slices (last spatial axis) of ``(B, 3, S, S, Z)`` inputs.
-
-    Slices run on ``device`` in batches of ``batch_size``; the output volume is assembled on the
-    input's device (the CPU for volumes from transforms), so the GPU holds only one batch.
+    ``optimize``: return the inference-only copy of :func:`optimize_for_inference` (BatchNorm
+    folded, channels-last, TorchScript on the CPU); False gives the plain eval ``InfNet``.
     """
-    return SliceInferer(
+    weights = require_weights(weights)
+    device = default_device(device)
+    net = load_authors_checkpoint(InfNet(), weights).eval()
+    if optimize:
+        return optimize_for_inference(net, device, example_size=NETWORK_SIZE)
+    return net.to(device)
+
+
+def default_batch_size(device: str | torch.device | None = None) -> int:
+    """Slices per network call: 32 on a GPU (keeps it busy in bf16), 8 on the CPU."""
+    return 32 if default_device(device).type == "cuda" else 8
+
+
+class InfNetSliceInferer(SliceInferer):
+    """``SliceInferer`` that turns each batch of [0, 1] single-channel slices into the network
+    input (:func:`~infnet_monai.transforms.chain.network_input_batch`) just before the network,
+    so the volume is held with one channel instead of three; 3-channel inputs pass unchanged."""
+
+    def network_wrapper(self, network: Callable, x: torch.Tensor, *args, **kwargs):
+        def with_network_input(slices: torch.Tensor, *a, **k):
+            return network(network_input_batch(slices), *a, **k)
+
+        return super().network_wrapper(with_network_input, x, *args, **kwargs)
+
+
+def slice_inferer(
+    batch_size: int | None = None, device: str | torch.device | None = None, progress: bool = False
+) -> SliceInferer:
+    """:class:`InfNetSliceInferer` over axial slices (last spatial axis) of ``(B, 1 or 3, S, S, Z)``
+    inputs (a single channel is converted to the network input per slice batch).
+
+    Slices run on ``device`` in batches of ``batch_size`` (default :func:`default_batch_size`);
+    the output volume is assembled on the input's device (the CPU for volumes from transforms),
+    so the GPU holds only one batch.
+    """
+    return InfNetSliceInferer(
         roi_size=(NETWORK_SIZE, NETWORK_SIZE),
-        sw_batch_size=batch_size,
+        sw_batch_size=batch_size or default_batch_size(device),
         spatial_dim=2,
         sw_device=default_device(device),
         progress=progress,
@@ -119,6 +156,15 @@ class VolumeResult:
         return f"{name}: {self.slices} slices, {self.seconds:.1f} s, infection {self.infected_ml:.1f} mL"
 
 
+def _network_device(network: torch.nn.Module, inferer: SliceInferer) -> torch.device:
+    """Where the slices run: the inferer's ``sw_device``, else the network's first tensor."""
+    if inferer.sw_device is not None:
+        return torch.device(inferer.sw_device)
+    for tensor in list(network.parameters()) + list(network.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
 def infer_volume(
     item: dict,
     network: torch.nn.Module,
@@ -128,11 +174,11 @@ def infer_volume(
     pred_key: str = "pred",
     amp: bool | None = None,
 ) -> VolumeResult:
-    """Run ``network`` over a preprocessed ``item`` (``image_key``: ``(3, S, S, Z)``) and apply
+    """Run ``network`` over a preprocessed ``item`` (``image_key``: ``(1 or 3, S, S, Z)``) and apply
     ``postprocessing``; returns the item with ``pred_key`` on the input grid."""
     start = time.perf_counter()
     image = item[image_key]
-    device = next(network.parameters()).device
+    device = _network_device(network, inferer)
     use_amp = device.type == "cuda" if amp is None else amp
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
     with torch.inference_mode(), autocast:

@@ -4,14 +4,17 @@ CT volume → network (:func:`ct_preprocessing`)::
 
     load (NIfTI or DICOM series, HU)  → channel first → orient (PLS: each axial slice is the
     radiological display image, rows anterior→posterior, columns patient right→left, as the
-    Inf-Net training slices) → lung mask from HU → HU window [-1250, 250] → [0, 1]
-    → crop to the lungs (in-plane bounding box over all slices + margin; optional)
+    Inf-Net training slices) → lung mask from HU
+    → crop to the lungs (in-plane bounding box over all slices + margin; optional) and to the
+    slices holding lung ± the lung dilation of the postprocessing (optional; the other slices
+    are not inferred and come back as background) → HU window [-1250, 250] → [0, 1]
     → resize in-plane to 352×352 keeping the slice count → 3 channels, ImageNet mean/std
+    (for the whole volume, or per slice batch in the inferer: :func:`network_input_batch`)
 
 Network output → mask in the input geometry (:func:`ct_postprocessing`)::
 
     sigmoid → Invertd (probabilities interpolated back through resize, crop and orientation)
-    → threshold (0.5) → ∩ dilated lung mask (optional) → uint8
+    → threshold (0.5) to uint8 → ∩ dilated lung mask (optional)
 
 Every spatial step is a MONAI invertible transform recorded on the MetaTensor, so ``Invertd``
 restores the input's exact shape and affine.
@@ -23,6 +26,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
 from monai.transforms import (
     Activationsd,
     AsDiscreted,
@@ -34,23 +38,27 @@ from monai.transforms import (
     EnsureTyped,
     Invertd,
     MapTransform,
+    NormalizeIntensity,
     NormalizeIntensityd,
     Orientationd,
+    RepeatChannel,
     RepeatChanneld,
     Resized,
     ScaleIntensityRanged,
 )
 
 from .io import LoadCTd
-from .lung import LungMaskd, RestrictToLungd, lung_columns
+from .lung import LungMaskd, LungRegion, RestrictToLungd
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "DEFAULT_WINDOW_HU",
+    "LUNG_DILATION_MM",
     "NETWORK_SIZE",
     "SLICE_AXCODES",
     "network_input_transforms",
+    "network_input_batch",
     "ct_preprocessing",
     "ct_postprocessing",
 ]
@@ -59,20 +67,41 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_WINDOW_HU = (-1250.0, 250.0)
 NETWORK_SIZE = 352
+# Infection outside the lung mask dilated by this much is dropped (mm); slices farther than this
+# from every lung slice are therefore not inferred.
+LUNG_DILATION_MM = 5.0
 # Orientation of the network's array axes: (row → Posterior, column → patient Left, slice →
 # Superior), i.e. every axial slice is the image as radiologists display it.
 SLICE_AXCODES = "PLS"
 
 
+def _network_input_args() -> tuple[dict, dict]:
+    """Arguments of the two steps of the network input: repeat, then ImageNet normalisation."""
+    return (
+        dict(repeats=3),
+        dict(subtrahend=np.array(IMAGENET_MEAN), divisor=np.array(IMAGENET_STD), channel_wise=True),
+    )
+
+
 def network_input_transforms(keys: str | Sequence[str]) -> list[MapTransform]:
     """[0, 1] single-channel image ``(1, *spatial)`` → Inf-Net input ``(3, *spatial)``: the
     grey channel repeated and normalised with the ImageNet mean/std, as in the authors' training."""
-    return [
-        RepeatChanneld(keys=keys, repeats=3),
-        NormalizeIntensityd(
-            keys=keys, subtrahend=np.array(IMAGENET_MEAN), divisor=np.array(IMAGENET_STD), channel_wise=True
-        ),
-    ]
+    repeat, normalize = _network_input_args()
+    return [RepeatChanneld(keys=keys, **repeat), NormalizeIntensityd(keys=keys, **normalize)]
+
+
+def network_input_batch(batch: torch.Tensor) -> torch.Tensor:
+    """:func:`network_input_transforms` applied to a batch of slices ``(B, 1, H, W)`` in [0, 1]
+    → ``(B, 3, H, W)``, with the same MONAI transforms, so the values are the same as when the
+    whole volume is converted; a ``(B, 3, H, W)`` batch is network input already and returned."""
+    if batch.shape[1] == 3:
+        return batch
+    if batch.shape[1] != 1:
+        raise ValueError(f"expected slices (B, 1, H, W) in [0, 1] or network input (B, 3, H, W), got {tuple(batch.shape)}")
+    repeat, normalize = _network_input_args()
+    channels_first = RepeatChannel(**repeat)(batch.transpose(0, 1))  # (3, B, H, W)
+    out = NormalizeIntensity(**normalize)(channels_first).transpose(0, 1).contiguous()
+    return out.as_tensor() if isinstance(out, MetaTensor) else out
 
 
 def ct_preprocessing(
@@ -81,11 +110,14 @@ def ct_preprocessing(
     window: Sequence[float] = DEFAULT_WINDOW_HU,
     lung_crop: bool = True,
     crop_margin: int = 10,
+    slice_crop: bool = True,
+    slice_margin_mm: float = LUNG_DILATION_MM,
     spatial_size: int = NETWORK_SIZE,
     series_uid: str | None = None,
     lung_key: str = "lung",
     keep_lung_mask: bool = True,
     load: bool = True,
+    network_input: bool = True,
 ) -> Compose:
     """CT volume (file or DICOM folder path under ``image_key``) → Inf-Net input ``(3, S, S, Z)``.
 
@@ -95,13 +127,21 @@ def ct_preprocessing(
         window: HU window (low, high) mapped to [0, 1] with clipping.
         lung_crop: crop in-plane to the lung bounding box (over all slices) before resizing.
         crop_margin: margin of the lung box, in voxels of the input grid.
+        slice_crop: keep only the slices holding lung ± ``slice_margin_mm`` (the others are not
+            inferred; ``Invertd`` pads them back as background). With ``slice_margin_mm`` at
+            least the postprocessing's ``lung_dilation_mm``, masks restricted to the lung are
+            the same as without the slice crop.
         spatial_size: in-plane size of the network input (multiple of 32).
         series_uid: DICOM series to read when a folder holds several.
         keep_lung_mask: keep the lung mask (input grid, oriented) under ``lung_key`` for
             restricting the infection mask and for reports; otherwise it is dropped after the crop.
         load: include the loader (False when the caller provides loaded MetaTensors).
+        network_input: end with the 3-channel ImageNet-normalised network input; False stops at
+            the [0, 1] single channel ``(1, S, S, Z)``, a third of the memory, and
+            :func:`infnet_monai.inference.slice_inferer` converts each slice batch with
+            :func:`network_input_batch` (same values; the CLI and the bundle do this).
 
-    Output: ``image_key`` ``(3, spatial_size, spatial_size, Z)`` float32 MetaTensor whose
+    Output: ``image_key`` ``(3 or 1, spatial_size, spatial_size, Z)`` float32 MetaTensor whose
     ``applied_operations`` let ``Invertd`` return to the input grid.
     """
     if spatial_size % 32:
@@ -120,26 +160,29 @@ def ct_preprocessing(
         EnsureTyped(keys=spatial_keys, dtype=torch.float32, track_meta=True),
         Orientationd(keys=spatial_keys, axcodes=SLICE_AXCODES, labels=None),
     ]
-    use_lung = lung_crop or keep_lung_mask
+    use_lung = lung_crop or slice_crop or keep_lung_mask
     if use_lung:
         xforms.append(LungMaskd(keys=image_key, lung_key=lung_key))
-    xforms.append(ScaleIntensityRanged(keys=image_key, a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True))
     # the lung mask follows the image through crop and resize (nearest), so that Invertd can
     # bring it back to the input grid with the prediction
     nearest_keys = label_keys + ([lung_key] if keep_lung_mask else [])
-    if lung_crop:
+    if lung_crop or slice_crop:
         xforms.append(
             CropForegroundd(
-                keys=[image_key] + nearest_keys, source_key=lung_key, select_fn=lung_columns,
-                margin=(crop_margin, crop_margin, 0), allow_smaller=True,
+                keys=[image_key] + nearest_keys, source_key=lung_key,
+                select_fn=LungRegion(inplane=lung_crop, slices=slice_crop, slice_margin_mm=slice_margin_mm),
+                margin=(crop_margin, crop_margin, 0) if lung_crop else 0, allow_smaller=True,
             )
         )
     if use_lung and not keep_lung_mask:
         xforms.append(DeleteItemsd(keys=lung_key))
+    # windowing is voxel-wise, so after the crop it gives the same values on less data
+    xforms.append(ScaleIntensityRanged(keys=image_key, a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True))
     xforms.append(Resized(keys=image_key, spatial_size=(spatial_size, spatial_size, -1), mode="bilinear"))
     if nearest_keys:
         xforms.append(Resized(keys=nearest_keys, spatial_size=(spatial_size, spatial_size, -1), mode="nearest"))
-    xforms += network_input_transforms(image_key)
+    if network_input:
+        xforms += network_input_transforms(image_key)
     return Compose(xforms)
 
 
@@ -151,7 +194,7 @@ def ct_postprocessing(
     prob_key: str | None = None,
     restrict_to_lung: bool = True,
     lung_key: str = "lung",
-    lung_dilation_mm: float = 5.0,
+    lung_dilation_mm: float = LUNG_DILATION_MM,
 ) -> Compose:
     """Network logits ``(1, S, S, Z)`` → uint8 mask ``(1, X, Y, Z)`` on the input grid.
 
@@ -167,10 +210,11 @@ def ct_postprocessing(
             nearest_interp=[False] + [True] * (len(inverted) - 1), to_tensor=True,
         ),
     ]
+    if restrict_to_lung:  # labels 0-2 come back as float32; a quarter of the memory as uint8
+        xforms.append(CastToTyped(keys=lung_key, dtype=torch.uint8))
     if prob_key:
         xforms.append(CopyItemsd(keys=pred_key, names=prob_key))
-    xforms.append(AsDiscreted(keys=pred_key, threshold=threshold))
+    xforms.append(AsDiscreted(keys=pred_key, threshold=threshold, dtype=torch.uint8))
     if restrict_to_lung:
         xforms.append(RestrictToLungd(keys=pred_key, lung_key=lung_key, dilation_mm=lung_dilation_mm))
-    xforms.append(CastToTyped(keys=pred_key, dtype=torch.uint8))
     return Compose(xforms)

@@ -420,7 +420,7 @@ class CTReader(ImageReader):
             data, meta = self._nifti_data(img)
         else:
             data, meta = self._dicom_data(img)
-        data = np.asarray(data, dtype=np.float32)
+        data = np.ascontiguousarray(data, dtype=np.float32)  # one conversion; MONAI wants C order
         n_bad = data.size - int(np.count_nonzero(np.isfinite(data)))
         if n_bad:
             raise CTInputError(

@@ -42,6 +42,7 @@ __all__ = [
     "label_sides",
     "dilate_mm",
     "lung_columns",
+    "LungRegion",
     "lung_slices",
     "LungMask",
     "LungMaskd",
@@ -107,15 +108,33 @@ def _centroid_x(mask: np.ndarray, affine: np.ndarray) -> float:
     return float(_world_x(affine, [i.mean() for i in idx]))
 
 
-def dilate_mm(mask: np.ndarray, spacing: Sequence[float], mm: float) -> np.ndarray:
-    """Dilate a boolean (X, Y, Z) mask by ``mm`` (Euclidean, anisotropic ``spacing`` in mm)."""
+def _margin_voxels(spacing: Sequence[float], mm: float) -> list[int]:
+    """Voxels per axis that surely cover ``mm`` (one spare voxel)."""
+    return [int(np.ceil(mm / s)) + 1 for s in spacing]
+
+
+def dilate_mm(mask: np.ndarray, spacing: Sequence[float], mm: float, chunk_slices: int = 64) -> np.ndarray:
+    """Dilate a boolean (X, Y, Z) mask by ``mm`` (Euclidean, anisotropic ``spacing`` in mm).
+
+    The distance transform runs over the mask's bounding box (+ ``mm``) in slabs of
+    ``chunk_slices`` along the last axis, each with a halo of ``mm``: the same result as one
+    transform of the whole box, with memory bounded by the slab size.
+    """
     mask = np.asarray(mask, dtype=bool)
     if mm <= 0 or not mask.any():
         return mask.copy()
-    margin = [int(np.ceil(mm / s)) + 1 for s in spacing]
+    margin = _margin_voxels(spacing, mm)
     box = _bbox(mask, margin)
     out = np.zeros_like(mask)
-    out[box] = ndimage.distance_transform_edt(~mask[box], sampling=spacing) <= mm
+    sub, region = mask[box], out[box]
+    n, halo = sub.shape[2], margin[2]
+    for z0 in range(0, n, chunk_slices):
+        z1 = min(n, z0 + chunk_slices)
+        lo, hi = max(0, z0 - halo), min(n, z1 + halo)
+        slab = sub[:, :, lo:hi]
+        if slab.any():
+            near = ndimage.distance_transform_edt(~slab, sampling=spacing) <= mm
+            region[:, :, z0:z1] = near[:, :, z0 - lo : z1 - lo]
     return out
 
 
@@ -219,10 +238,12 @@ def label_sides(
 def _block_mean(a: np.ndarray, factors: Sequence[int]) -> np.ndarray:
     """Average (X, Y, Z) over in-plane blocks factors[0] x factors[1] (edges padded)."""
     fx, fy = factors
+    a = np.asarray(a, dtype=np.float32)  # no copy of a float32 volume
     if fx == fy == 1:
-        return a.astype(np.float32)
+        return a
     pad = [(0, (-a.shape[0]) % fx), (0, (-a.shape[1]) % fy), (0, 0)]
-    a = np.pad(a.astype(np.float32), pad, mode="edge")
+    if pad[0][1] or pad[1][1]:
+        a = np.pad(a, pad, mode="edge")
     x, y, z = a.shape
     return a.reshape(x // fx, fx, y // fy, fy, z).mean(axis=(1, 3))
 
@@ -452,6 +473,49 @@ def lung_columns(mask: Any) -> Any:
     return np.broadcast_to(positive.any(axis=axis, keepdims=True), positive.shape)
 
 
+class LungRegion:
+    """``select_fn`` for ``CropForeground(d)``: the region of a lung mask (1, X, Y, Z) to keep.
+
+    In-plane, the lung columns (bounding box over all slices, as :func:`lung_columns`) when
+    ``inplane``, else whole slices; along the slice axis, the slices holding lung widened by
+    ``slice_margin_mm`` on both sides when ``slices``, else all slices. Returns a boolean mask of
+    the input's shape whose bounding box is that region (empty when there is no lung). Use with
+    an in-plane margin only, e.g. ``margin=(10, 10, 0)``.
+
+    With ``slice_margin_mm`` at least the dilation of :class:`RestrictToLung`, the dropped slices
+    are ones where the restricted mask is empty anyway.
+    """
+
+    def __init__(self, inplane: bool = True, slices: bool = True, slice_margin_mm: float = 5.0) -> None:
+        if slice_margin_mm < 0:
+            raise ValueError(f"slice_margin_mm must be >= 0, got {slice_margin_mm}")
+        self.inplane = inplane
+        self.slices = slices
+        self.slice_margin_mm = slice_margin_mm
+
+    def __call__(self, mask: Any) -> Any:
+        axis = _axial_index(mask)
+        positive = mask > 0
+        if isinstance(positive, MetaTensor):
+            positive = positive.as_tensor()
+        positive = torch.as_tensor(positive)
+        region = torch.ones((1,) * positive.ndim, dtype=torch.bool, device=positive.device)
+        if self.inplane:
+            region = region & positive.any(dim=axis, keepdim=True)
+        if self.slices:
+            other = tuple(d for d in range(positive.ndim) if d != axis)
+            in_lung = positive.any(dim=other).reshape(1, 1, -1).float()
+            spacing = voxel_spacing(affine_of(mask))[axis - 1] if getattr(mask, "affine", None) is not None else 1.0
+            reach = int(np.floor(self.slice_margin_mm / spacing + 1e-6))
+            if reach:
+                in_lung = torch.nn.functional.max_pool1d(in_lung, 2 * reach + 1, stride=1, padding=reach)
+            shape = [1] * positive.ndim
+            shape[axis] = -1
+            region = region & (in_lung.reshape(shape) > 0)
+        region = region.expand_as(positive)
+        return region if isinstance(mask, torch.Tensor) else region.numpy()
+
+
 def lung_slices(mask: Any) -> np.ndarray:
     """Boolean per axial slice (array order): True where the slice holds lung (mask > 0)."""
     positive = _to_numpy(mask) > 0
@@ -529,11 +593,19 @@ class RestrictToLung(Transform):
         lung_np = _to_numpy(lung) > 0
         if lung_np.shape[-3:] != tuple(mask.shape[-3:]):
             raise ValueError(f"lung mask shape {lung_np.shape} does not match mask shape {tuple(mask.shape)}")
-        allowed = dilate_mm(lung_np.reshape(lung_np.shape[-3:]), spacing, self.dilation_mm)
-        allowed_t, *_ = convert_to_dst_type(np.broadcast_to(allowed, mask.shape).copy(), mask, dtype=bool)
-        if isinstance(mask, MetaTensor):
-            allowed_t = allowed_t.as_tensor()
-        return mask * allowed_t
+        lung_np = lung_np.reshape(lung_np.shape[-3:])
+        # only mask voxels outside the lung can be dropped: the dilation runs around them alone
+        outside = (_to_numpy(mask) != 0).reshape((-1,) + lung_np.shape)
+        outside = outside[0] if len(outside) == 1 else outside.any(axis=0)
+        np.greater(outside, lung_np, out=outside)  # outside & ~lung without a temporary
+        box = _bbox(outside, _margin_voxels(spacing, self.dilation_mm))
+        if box is None:
+            return mask
+        drop = outside[box] & ~dilate_mm(lung_np[box], spacing, self.dilation_mm)
+        out = mask.clone() if isinstance(mask, torch.Tensor) else np.array(mask, copy=True)
+        region = out[(Ellipsis,) + box]
+        region[..., convert_to_dst_type(drop, region, dtype=bool)[0]] = 0
+        return out
 
 
 class RestrictToLungd(MapTransform):

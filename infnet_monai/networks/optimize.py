@@ -1,0 +1,74 @@
+"""Inference-only copies of a network tuned for the device it runs on.
+
+:func:`optimize_for_inference` is what the CLI and the bundle use (through
+:func:`infnet_monai.inference.load_network`), so both get the same settings:
+
+- every device: BatchNorm folded into the convolutions (:func:`fold_batchnorm`) and the weights
+  in channels-last memory format;
+- CPU: the folded network traced with one example slice, frozen and optimised by TorchScript
+  (oneDNN convolutions with pre-packed weights and fused ReLU/add), about 1.5x faster than the
+  eager network on a 2-core CPU; if tracing fails the eager folded network is used;
+- CUDA: ``cudnn.benchmark`` on (one slice size per run, so the autotuned kernels are reused);
+  bf16 autocast is applied by :func:`infnet_monai.inference.infer_volume`.
+
+The outputs equal the original network's up to float rounding (relative 1e-5 on CPU).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from .fuse import fold_batchnorm
+
+__all__ = ["configure_backends", "script_for_cpu", "optimize_for_inference"]
+
+
+def configure_backends(device: torch.device) -> None:
+    """Backend switches for fixed-size slice batches on ``device`` (cudnn autotuning on CUDA)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def script_for_cpu(network: nn.Module, example: torch.Tensor) -> nn.Module:
+    """TorchScript trace of ``network`` (eval) on ``example``, frozen and optimised for inference.
+
+    The trace keeps the eval-mode path taken for ``example`` (3-channel input, final map only);
+    batch size and in-plane size may differ later.
+    """
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        # the trace records the eval-mode branch of InfNet's input checks; TorchScript itself
+        # announces its deprecation in favour of torch.compile, whose CPU compile takes minutes
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        traced = torch.jit.trace(network.eval(), example, check_trace=False)
+        return torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+
+
+def optimize_for_inference(
+    network: nn.Module, device: str | torch.device = "cpu", example_size: int = 352, script: bool | None = None
+) -> nn.Module:
+    """Inference-only copy of ``network`` on ``device`` (``network`` itself is left unchanged).
+
+    Args:
+        example_size: in-plane size of the example slice traced on the CPU (multiple of 32).
+        script: TorchScript tracing + freezing; ``None``: on the CPU only.
+
+    Returns a module mapping ``(B, 3, H, W)`` to the eval-mode output; it has no trainable
+    parameters once scripted.
+    """
+    device = torch.device(device)
+    configure_backends(device)
+    fast = fold_batchnorm(network).to(device).to(memory_format=torch.channels_last)
+    if script is None:
+        script = device.type == "cpu"
+    if not script:
+        return fast
+    example = torch.zeros(1, 3, example_size, example_size, device=device)
+    try:
+        return script_for_cpu(fast, example)
+    except Exception as exc:  # noqa: BLE001 - any tracing failure: the eager network still works
+        warnings.warn(f"TorchScript optimisation failed ({exc.__class__.__name__}: {exc}); using the eager network")
+        return fast
