@@ -21,7 +21,6 @@ import torch
 from monai.bundle import ComponentLocator, ConfigComponent, ConfigExpression, ConfigParser, ConfigWorkflow
 from monai.bundle.reference_resolver import ReferenceResolver
 from monai.engines import SupervisedEvaluator
-from monai.handlers import CheckpointLoader
 from monai.inferers import SliceInferer
 from monai.transforms import Compose, SaveImaged
 from packaging.version import Version
@@ -29,7 +28,13 @@ from packaging.version import Version
 from infnet_monai.metrics.evaluate import FolderEvaluation
 from infnet_monai.metrics.volume import EMPTY_MASK_POLICY
 from infnet_monai.networks import InfNet
-from infnet_monai.transforms.chain import DEFAULT_WINDOW_HU, IMAGENET_MEAN, IMAGENET_STD, NETWORK_SIZE
+from infnet_monai.transforms.chain import (
+    DEFAULT_WINDOW_HU,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    NETWORK_SIZE,
+    network_input_batch,
+)
 
 from bundle_helpers import (
     CONFIGS_DIR,
@@ -305,22 +310,28 @@ def test_inference_config_resolves_every_id(ct_dir, tmp_path, tmp_path_factory):
     assert value["datalist"] == [{"image": str(ct_dir / "phantom.nii.gz")}]
     assert value["device"] == torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     assert value["amp"] is torch.cuda.is_available()
-    assert isinstance(value["network_def"], InfNet) and value["network"] is value["network_def"]
+    assert isinstance(value["network_def"], InfNet)
+    # `network` is the inference-optimised copy of the weights in ckpt_path (BN folded; traced on CPU)
+    assert isinstance(value["network"], torch.nn.Module) and value["network"] is not value["network_def"]
+    assert not any(p.requires_grad for p in value["network"].parameters())
     inferer = value["inferer"]
     assert isinstance(inferer, SliceInferer) and tuple(inferer.roi_size) == (NETWORK_SIZE, NETWORK_SIZE)
     assert inferer.spatial_dim == 2 and inferer.sw_batch_size == value["slice_batch_size"] == 8
-    # preprocessing output: the network input per slice, inside the declared value range
+    # preprocessing output: the windowed [0, 1] slices; the inferer turns each slice batch into the
+    # 3-channel network input, inside the declared value range
     item = value["dataset"][0]
     image = item["image"]
-    assert tuple(image.shape) == (3, NETWORK_SIZE, NETWORK_SIZE, 3) and "lung" in item
+    assert tuple(image.shape) == (1, NETWORK_SIZE, NETWORK_SIZE, 3) and "lung" in item
+    assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
+    net_input = network_input_batch(image.permute(3, 0, 1, 2).as_tensor())
+    assert tuple(net_input.shape) == (3, 3, NETWORK_SIZE, NETWORK_SIZE)
     low, high = json.loads(META_FILE.read_text())["network_data_format"]["inputs"]["image"]["value_range"]
-    assert low <= float(image.min()) and float(image.max()) <= high
+    assert low <= float(net_input.min()) and float(net_input.max()) <= high
     assert len(value["dataloader"]) == 1 and value["dataloader"].batch_size == 1
     assert isinstance(value["preprocessing"], Compose) and isinstance(value["postprocessing"], Compose)
     saver = value["postprocessing"].transforms[-1]
     assert isinstance(saver, SaveImaged) and Path(saver.saver.folder_layout.output_dir) == out
-    loader = value["handlers"][0]
-    assert isinstance(loader, CheckpointLoader) and Path(loader.load_path) == weights
+    assert Path(value["ckpt_path"]) == weights
     evaluator = value["evaluator"]
     assert isinstance(evaluator, SupervisedEvaluator) and evaluator.inferer is inferer
     assert evaluator.network is value["network"] and evaluator.data_loader is value["dataloader"]

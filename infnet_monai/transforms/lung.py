@@ -479,8 +479,9 @@ class LungRegion:
     In-plane, the lung columns (bounding box over all slices, as :func:`lung_columns`) when
     ``inplane``, else whole slices; along the slice axis, the slices holding lung widened by
     ``slice_margin_mm`` on both sides when ``slices``, else all slices. Returns a boolean mask of
-    the input's shape whose bounding box is that region (empty when there is no lung). Use with
-    an in-plane margin only, e.g. ``margin=(10, 10, 0)``.
+    the input's shape whose bounding box is that region; a mask without any lung keeps the whole
+    volume (no crop), rather than an empty box. Use with an in-plane margin only, e.g.
+    ``margin=(10, 10, 0)``.
 
     With ``slice_margin_mm`` at least the dilation of :class:`RestrictToLung`, the dropped slices
     are ones where the restricted mask is empty anyway.
@@ -500,6 +501,9 @@ class LungRegion:
             positive = positive.as_tensor()
         positive = torch.as_tensor(positive)
         region = torch.ones((1,) * positive.ndim, dtype=torch.bool, device=positive.device)
+        if not bool(positive.any()):
+            region = region.expand_as(positive)
+            return region if isinstance(mask, torch.Tensor) else region.numpy()
         if self.inplane:
             region = region & positive.any(dim=axis, keepdim=True)
         if self.slices:
