@@ -191,15 +191,25 @@ class PipelineRun:
         return self.preprocess + self.infer_post + self.save
 
 
-def pipeline_parts(weights: Path, fast: bool = True, device: str = "cpu", batch_size: int | None = None):
+def pipeline_parts(
+    weights: Path, fast: bool = True, device: str = "cpu", batch_size: int | None = None, slice_crop: bool | None = None
+):
     """(network, preprocessing, postprocessing, inferer) as the CLI builds them; ``fast=False``
-    gives the unoptimised fp32 path (plain eval network, every slice inferred)."""
+    gives the unoptimised fp32 path as before these optimisations (plain eval network, 3-channel
+    volume, every slice inferred, MONAI's SliceInferer with 8 slices per call). ``slice_crop``
+    overrides the slice crop of either."""
+    from monai.inferers import SliceInferer
+
     from infnet_monai.inference import load_network, slice_inferer
-    from infnet_monai.transforms.chain import ct_postprocessing, ct_preprocessing
+    from infnet_monai.transforms.chain import NETWORK_SIZE, ct_postprocessing, ct_preprocessing
 
     network = load_network(weights, device, optimize=fast)
-    pre = ct_preprocessing(slice_crop=fast, network_input=not fast)
-    return network, pre, ct_postprocessing(pre), slice_inferer(batch_size, device)
+    pre = ct_preprocessing(slice_crop=fast if slice_crop is None else slice_crop, network_input=not fast)
+    if fast:
+        inferer = slice_inferer(batch_size, device)
+    else:  # MONAI's own SliceInferer, as before: MetaTensor slices straight into the network
+        inferer = SliceInferer(roi_size=(NETWORK_SIZE,) * 2, sw_batch_size=batch_size or 8, spatial_dim=2, sw_device=device)
+    return network, pre, ct_postprocessing(pre), inferer
 
 
 def run_pipeline(path: Path, parts, out_dir: Path) -> PipelineRun:
@@ -228,11 +238,15 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 # ------------------------------------------------------------------------------------------
 # peak memory, one fresh process per configuration
 # ------------------------------------------------------------------------------------------
-def peak_memory_gb(volume: Path, weights: Path, fast: bool = True, threads: int | None = None) -> dict:
+def peak_memory_gb(
+    volume: Path, weights: Path, fast: bool = True, threads: int | None = None, slice_crop: bool | None = None
+) -> dict:
     """Peak resident memory (GB) and seconds of the whole pipeline on ``volume`` in a new process."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "peak", "--volume", str(volume), "--weights", str(weights)]
     if not fast:
         cmd.append("--plain")
+    if slice_crop is not None:
+        cmd.append("--slice-crop" if slice_crop else "--no-slice-crop")
     if threads:
         cmd += ["--threads", str(threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -253,7 +267,7 @@ def _high_water_gb() -> float:
 def _peak_main(args: argparse.Namespace) -> None:
     set_threads(args.threads)
     baseline = _high_water_gb()
-    parts = pipeline_parts(Path(args.weights), fast=not args.plain)
+    parts = pipeline_parts(Path(args.weights), fast=not args.plain, slice_crop=args.slice_crop)
     with tempfile.TemporaryDirectory() as out:
         run = run_pipeline(Path(args.volume), parts, Path(out))
     peak = _high_water_gb()
@@ -270,4 +284,5 @@ if __name__ == "__main__":
     parser.add_argument("--weights", required=True)
     parser.add_argument("--plain", action="store_true", help="unoptimised fp32 path")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--slice-crop", action=argparse.BooleanOptionalAction, default=None)
     _peak_main(parser.parse_args())

@@ -93,7 +93,10 @@ def network_input_transforms(keys: str | Sequence[str]) -> list[MapTransform]:
 def network_input_batch(batch: torch.Tensor) -> torch.Tensor:
     """:func:`network_input_transforms` applied to a batch of slices ``(B, 1, H, W)`` in [0, 1]
     → ``(B, 3, H, W)``, with the same MONAI transforms, so the values are the same as when the
-    whole volume is converted; a ``(B, 3, H, W)`` batch is network input already and returned."""
+    whole volume is converted; a ``(B, 3, H, W)`` batch is network input already and returned.
+    The result is a plain tensor (no MetaTensor bookkeeping inside the network)."""
+    if isinstance(batch, MetaTensor):
+        batch = batch.as_tensor()
     if batch.shape[1] == 3:
         return batch
     if batch.shape[1] != 1:
@@ -101,7 +104,7 @@ def network_input_batch(batch: torch.Tensor) -> torch.Tensor:
     repeat, normalize = _network_input_args()
     channels_first = RepeatChannel(**repeat)(batch.transpose(0, 1))  # (3, B, H, W)
     out = NormalizeIntensity(**normalize)(channels_first).transpose(0, 1).contiguous()
-    return out.as_tensor() if isinstance(out, MetaTensor) else out
+    return out.as_tensor() if isinstance(out, MetaTensor) else out  # MONAI transforms may wrap it
 
 
 def ct_preprocessing(

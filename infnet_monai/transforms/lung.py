@@ -90,12 +90,14 @@ def _per_slice_fill(mask: np.ndarray) -> np.ndarray:
 
 
 def _bbox(mask: np.ndarray, margin: Sequence[int]) -> tuple[slice, ...] | None:
-    idx = np.nonzero(mask)
-    if not idx[0].size:
-        return None
-    return tuple(
-        slice(max(0, int(i.min()) - m), min(n, int(i.max()) + m + 1)) for i, m, n in zip(idx, margin, mask.shape)
-    )
+    """Bounding box of ``mask`` grown by ``margin`` voxels per axis (clipped), None if empty."""
+    box = []
+    for axis, (m, n) in enumerate(zip(margin, mask.shape)):
+        hits = np.flatnonzero(mask.any(axis=tuple(d for d in range(mask.ndim) if d != axis)))
+        if not hits.size:
+            return None
+        box.append(slice(max(0, int(hits[0]) - m), min(n, int(hits[-1]) + m + 1)))
+    return tuple(box)
 
 
 def _world_x(affine: np.ndarray, index: Sequence[np.ndarray]) -> np.ndarray:
@@ -602,13 +604,17 @@ class RestrictToLung(Transform):
         outside = (_to_numpy(mask) != 0).reshape((-1,) + lung_np.shape)
         outside = outside[0] if len(outside) == 1 else outside.any(axis=0)
         np.greater(outside, lung_np, out=outside)  # outside & ~lung without a temporary
-        box = _bbox(outside, _margin_voxels(spacing, self.dilation_mm))
+        margin = _margin_voxels(spacing, self.dilation_mm)
+        box = _bbox(outside, margin)
         if box is None:
             return mask
-        drop = outside[box] & ~dilate_mm(lung_np[box], spacing, self.dilation_mm)
         out = mask.clone() if isinstance(mask, torch.Tensor) else np.array(mask, copy=True)
-        region = out[(Ellipsis,) + box]
-        region[..., convert_to_dst_type(drop, region, dtype=bool)[0]] = 0
+        # beyond the lung's bounding box + margin everything is farther than dilation_mm
+        near = _bbox(lung_np, margin)
+        if near is not None:
+            near = tuple(slice(max(a.start, b.start), max(min(a.stop, b.stop), max(a.start, b.start))) for a, b in zip(box, near))
+            outside[near] &= ~dilate_mm(lung_np[near], spacing, self.dilation_mm)
+        out[(Ellipsis,) + box][..., convert_to_dst_type(outside[box], out, dtype=bool)[0]] = 0
         return out
 
 

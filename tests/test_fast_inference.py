@@ -1,0 +1,244 @@
+"""Fast inference pieces give the same results as the plain ones: BatchNorm folding, the
+TorchScript CPU network, per-batch network input, slice crop to the lungs, the restricted
+lung dilation and prefetching."""
+
+from __future__ import annotations
+
+import threading
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Compose, CropForegroundd
+from scipy import ndimage
+from torch import nn
+
+from infnet_monai.inference import infer_volume, load_network, slice_inferer
+from infnet_monai.networks import InfNet
+from infnet_monai.networks.fuse import fold_batchnorm
+from infnet_monai.networks.optimize import optimize_for_inference
+from infnet_monai.segment import SegmentOptions, segment_volumes
+from infnet_monai.transforms.chain import (
+    ct_postprocessing,
+    ct_preprocessing,
+    network_input_batch,
+    network_input_transforms,
+)
+from infnet_monai.transforms.lung import LungRegion, RestrictToLung, dilate_mm
+from infnet_monai.utils.prefetch import prefetch_map
+
+from phantoms import affine_for, chest_phantom, save_nifti
+from test_inference import IntensityAsLogit
+from test_segment_cli import weights  # noqa: F401 - module fixture: calibrated random InfNet
+
+
+def _random_batchnorm(net: nn.Module) -> nn.Module:
+    """Give every BatchNorm non-trivial statistics, so that folding them matters."""
+    gen = torch.Generator().manual_seed(1)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=gen) - 0.5)
+            m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=gen) * 0.4 - 0.2)
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def infnet():
+    torch.manual_seed(0)
+    return _random_batchnorm(InfNet())
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-4) -> bool:
+    """Equal within ``rel`` of the output's range (random weights give logits in the hundreds)."""
+    return float((a - b).abs().max()) <= rel * float(b.abs().max())
+
+
+def test_batchnorm_folding_keeps_the_outputs(infnet):
+    folded = fold_batchnorm(infnet)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in infnet.modules()) == 157
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())  # every BN follows a conv
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref, out = infnet(x), folded(x)
+    assert _close(out, ref)
+    assert torch.sigmoid(out).sub(torch.sigmoid(ref)).abs().max() < 1e-4
+    assert any(isinstance(m, nn.BatchNorm2d) for m in infnet.modules())  # the original is untouched
+
+
+def test_fold_handles_named_pairs_and_sequentials():
+    """Sequential pairs and convX/bnX siblings are folded; a BN after a non-conv is kept."""
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 1))
+            self.bn1 = nn.BatchNorm2d(4)
+            self.pool = nn.Sequential(nn.AvgPool2d(1), nn.BatchNorm2d(4))
+
+        def forward(self, x):
+            return self.pool(self.bn1(self.conv1(x)))
+
+    block = _random_batchnorm(Block())
+    folded = fold_batchnorm(block)
+    assert isinstance(folded.bn1, nn.Identity) and isinstance(folded.conv1[1], nn.Identity)
+    assert isinstance(folded.pool[1], nn.BatchNorm2d)
+    x = torch.randn(3, 2, 8, 8)
+    with torch.no_grad():
+        assert _close(folded(x), block(x), 1e-5)
+
+
+def test_cpu_network_is_traced_and_matches_at_other_sizes(infnet):
+    fast = optimize_for_inference(infnet, "cpu", example_size=64)
+    assert isinstance(fast, torch.jit.ScriptModule) and not list(fast.parameters())
+    x = torch.randn(3, 3, 96, 64)  # batch and size differ from the traced example
+    with torch.no_grad():
+        assert _close(fast(x), infnet(x))
+    eager = optimize_for_inference(infnet, "cpu", script=False)
+    assert isinstance(eager, nn.Module) and not isinstance(eager, torch.jit.ScriptModule)
+    with torch.no_grad():
+        assert _close(eager(x), infnet(x))
+
+
+def test_network_input_per_batch_equals_whole_volume():
+    x = torch.rand(1, 24, 16, 5)
+    volume = Compose(network_input_transforms("image"))({"image": MetaTensor(x.clone())})["image"]
+    batch = network_input_batch(x.permute(3, 0, 1, 2).contiguous())
+    assert type(batch) is torch.Tensor and batch.shape == (5, 3, 24, 16)
+    assert torch.equal(batch, volume.as_tensor().permute(3, 0, 1, 2))
+    # channel 0 by hand: (x - 0.485) / 0.229
+    np.testing.assert_allclose(batch[2, 0].numpy(), (x[0, :, :, 2].numpy() - 0.485) / 0.229, rtol=1e-6)
+    assert network_input_batch(batch) is batch  # network input already
+    assert type(network_input_batch(MetaTensor(batch))) is torch.Tensor
+    with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
+        network_input_batch(torch.zeros(2, 2, 8, 8))
+
+
+def test_lung_region_keeps_lung_slices_plus_margin():
+    lung = np.zeros((1, 20, 18, 30), np.uint8)
+    lung[0, 5:9, 4:12, 10:15] = 1  # lung in slices 10-14
+    lung[0, 12:14, 2:5, 12] = 2
+    spacing = (1.0, 1.0, 2.0)
+    mask = MetaTensor(torch.from_numpy(lung), affine=torch.from_numpy(np.diag(spacing + (1.0,))))
+    data = {"lung": mask, "image": mask.float()}
+    # 5 mm at 2 mm slices: 2 slices either side (a third one lies 6 mm away)
+    out = CropForegroundd(keys=["image", "lung"], source_key="lung", select_fn=LungRegion(slice_margin_mm=5.0),
+                          margin=(1, 1, 0), allow_smaller=True)(data)
+    assert tuple(out["image"].shape) == (1, 11, 12, 9)  # rows 4-14, columns 1-12, slices 8-16
+    assert out["lung"].sum() == lung.sum()
+    inplane_only = LungRegion(slices=False)(mask)[0]  # lung columns, every slice
+    np.testing.assert_array_equal(inplane_only.numpy(), np.broadcast_to(lung[0].any(-1, keepdims=True), lung[0].shape))
+    slices_only = LungRegion(inplane=False, slice_margin_mm=0.0)(mask)[0]
+    assert slices_only[:, :, 10:15].all() and not slices_only[:, :, 9].any() and not slices_only[:, :, 15].any()
+    assert not LungRegion()(mask * 0).any()
+
+
+def test_restrict_to_lung_equals_brute_force_distance():
+    rng = np.random.default_rng(3)
+    lung = np.zeros((30, 26, 12), bool)
+    lung[8:20, 6:18, 3:8] = True
+    mask = (rng.random((1,) + lung.shape) > 0.6).astype(np.uint8)
+    spacing = (0.7, 0.9, 2.5)
+    affine = torch.from_numpy(np.diag(spacing + (1.0,)))
+    out = RestrictToLung(dilation_mm=3.0)(MetaTensor(torch.from_numpy(mask), affine=affine),
+                                           MetaTensor(torch.from_numpy(lung[None].astype(np.uint8)), affine=affine))
+    # brute force: keep a voxel when some lung voxel centre lies within 3 mm
+    idx = np.argwhere(lung) * spacing
+    grid = np.indices(lung.shape).reshape(3, -1).T * spacing
+    near = np.array([(np.square(idx - p).sum(1) <= 9.0).any() for p in grid]).reshape(lung.shape)
+    np.testing.assert_array_equal(out.numpy(), mask * near[None])
+    assert out.dtype == torch.uint8 and 0 < out.sum() < mask.sum()
+    # a mask inside the lung comes back unchanged
+    inside = MetaTensor(torch.from_numpy(lung[None].astype(np.uint8)), affine=affine)
+    assert torch.equal(RestrictToLung(3.0)(inside, inside), inside)
+
+
+def test_dilation_in_slabs_equals_one_transform():
+    rng = np.random.default_rng(0)
+    mask = ndimage.binary_dilation(rng.random((24, 20, 40)) > 0.998, iterations=2)
+    spacing = (0.8, 0.8, 1.25)
+    whole = dilate_mm(mask, spacing, 5.0, chunk_slices=1000)
+    np.testing.assert_array_equal(dilate_mm(mask, spacing, 5.0, chunk_slices=3), whole)
+    assert whole.sum() > 3 * mask.sum()
+
+
+def _phantom_with_lung_free_slices(path, seed=0):
+    """Chest phantom whose lungs occupy 4 of 10 slices (6 mm): 3 body-only slices either side."""
+    spacing = (2.4, 2.4, 6.0)
+    chest = chest_phantom((120, 128, 4), spacing, seed=seed)
+    body = np.where(chest[:, :, :1] > -950, 40.0, -1000.0)
+    vol = np.concatenate([np.repeat(body, 3, 2), chest, np.repeat(body, 3, 2)], 2).astype(np.float32)
+    return save_nifti(path, vol, affine_for(spacing, "LPS")), vol
+
+
+def test_slice_crop_gives_the_same_mask_and_skips_slices(tmp_path):
+    path, vol = _phantom_with_lung_free_slices(tmp_path / "ct.nii.gz")
+    masks = {}
+    for crop in (False, True):
+        for restrict in (False, True):
+            pre = ct_preprocessing(slice_crop=crop, keep_lung_mask=restrict, network_input=crop)
+            result = infer_volume(pre({"image": str(path)}), IntensityAsLogit(), slice_inferer(4, "cpu"),
+                                  ct_postprocessing(pre, restrict_to_lung=restrict))
+            masks[crop, restrict] = result.item["pred"][0].numpy()
+            # 6 mm slices, 5 mm margin: only the 4 lung slices are inferred
+            assert result.slices == (4 if crop else 10)
+    np.testing.assert_array_equal(masks[True, True], masks[False, True])
+    assert 0 < masks[True, True].sum()
+    # without the lung restriction the skipped slices are background, the others unchanged
+    np.testing.assert_array_equal(masks[True, False][:, :, 3:7], masks[False, False][:, :, 3:7])
+    assert masks[False, False][:, :, :3].any() and not masks[True, False][:, :, :3].any()
+
+
+def test_fast_defaults_give_the_masks_of_the_plain_fp32_path(weights, tmp_path):  # noqa: F811
+    path, _ = _phantom_with_lung_free_slices(tmp_path / "ct.nii.gz", seed=2)
+    plain_pre = ct_preprocessing(slice_crop=False)
+    plain = infer_volume(plain_pre({"image": str(path)}), load_network(weights, "cpu", optimize=False),
+                         slice_inferer(8, "cpu"), ct_postprocessing(plain_pre))
+    fast_pre = ct_preprocessing(network_input=False)
+    fast = infer_volume(fast_pre({"image": str(path)}), load_network(weights, "cpu"), slice_inferer(device="cpu"),
+                        ct_postprocessing(fast_pre))
+    assert (plain.slices, fast.slices) == (10, 4)
+    a, b = plain.item["pred"].numpy(), fast.item["pred"].numpy()
+    assert 0 < a.sum() < a.size
+    np.testing.assert_array_equal(b, a)
+
+
+def test_prefetch_map_keeps_order_reports_errors_and_runs_one_ahead():
+    started, lock = [], threading.Lock()
+
+    def work(i):
+        with lock:
+            started.append(i)
+        if i == 2:
+            raise ValueError("bad item 2")
+        return i * 10
+
+    seen = []
+    for i, result in prefetch_map(work, list(range(5))):
+        with lock:
+            assert max(started) <= i + 1  # never more than one item ahead
+        seen.append((i, str(result) if isinstance(result, Exception) else result))
+    assert seen == [(0, 0), (1, 10), (2, "bad item 2"), (3, 30), (4, 40)]
+    assert list(prefetch_map(work, [3, 4], enabled=False)) == [(3, 30), (4, 40)]
+    assert list(prefetch_map(work, [])) == []
+
+
+def test_segment_with_and_without_prefetch_writes_the_same_masks(weights, tmp_path):  # noqa: F811
+    src = tmp_path / "in"
+    src.mkdir()
+    for seed in (1, 2):
+        _phantom_with_lung_free_slices(src / f"case{seed}.nii.gz", seed=seed)
+    (src / "broken.nii.gz").write_bytes(b"not a nifti")
+    outputs = {}
+    for prefetch in (False, True):
+        opts = SegmentOptions(output_dir=tmp_path / str(prefetch), weights=str(weights), device="cpu",
+                              prefetch=prefetch, progress=False)
+        assert segment_volumes([str(src / "*.nii.gz")], opts) == 1  # the broken file
+        outputs[prefetch] = {p.name: np.asarray(nib.load(str(p)).dataobj) for p in opts.output_dir.iterdir()}
+    assert sorted(outputs[True]) == ["case1_seg.nii.gz", "case2_seg.nii.gz"]
+    for name, mask in outputs[False].items():
+        np.testing.assert_array_equal(outputs[True][name], mask)
