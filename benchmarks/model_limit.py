@@ -65,6 +65,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs, median reported (default 3)")
     parser.add_argument("--batch-size", type=int, default=None, help="slices per network call (default: library's)")
     parser.add_argument("--model-slices", type=int, default=16, help="slices timed for the network alone (default 16)")
+    parser.add_argument("--batch-sweep", default="1,2,4,8", help="slices per call to compare ('' skips)")
     parser.add_argument("--volumes", type=int, default=3, help="volumes of the prefetch comparison (0 skips it)")
     parser.add_argument("--memory-slices", default="64,300,600",
                         help="comma-separated slice counts for peak memory ('' skips)")
@@ -93,6 +94,12 @@ def main(argv=None) -> int:
               f"cpu {t.cpu / args.model_slices * 1000:.0f} ms/slice) = {rate * GFLOP_PER_SLICE:.0f} GFLOP/s, "
               f"{100 * rate * GFLOP_PER_SLICE / mm:.0f} % of torch.mm, {100 * rate * GFLOP_PER_SLICE / one_dnn:.0f} % of oneDNN; "
               f"time {mm / (rate * GFLOP_PER_SLICE):.2f}x the torch.mm limit")
+    if args.batch_sweep:
+        sweep = []
+        for size in (int(b) for b in args.batch_sweep.split(",")):
+            t = model_only(parts_fast[0], slices, size, args.repeats)
+            sweep.append(f"{size}: {t.wall / args.model_slices * 1000:.0f}")
+        print(f"   fast network, ms/slice by slices per call: {', '.join(sweep)}")
     print(f"   load average {os.getloadavg()[0]:.2f}")
 
     print("\n3. 64-slice 512x512 volume, fast defaults:")

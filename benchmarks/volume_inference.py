@@ -112,9 +112,9 @@ def main(argv=None) -> int:
         setup = time.perf_counter() - start
         t, run = timed(lambda: run_pipeline(volume, parts, out), args.repeats)
         rows.append((label, t, run.inferred, run))
-        runs[fast] = (parts, run, setup)
+        runs[fast] = (parts, run, setup, t)
 
-    print(f"\n{'':34s} {'wall s':>8s} {'slices/s':>9s} {'cpu s':>8s}  inferred  stages (pre / infer+post / save, s)")
+    print(f"\n{'':34s} {'wall s':>8s} {'slices/s':>9s} {'cpu s':>8s}  inferred  stages of the last run (pre / infer+post / save, s)")
     for label, t, inferred, run in rows:
         stages = f"{run.preprocess:.1f} / {run.infer_post:.1f} / {run.save:.1f}" if run else "-"
         print(f"{label:34s} {t.wall:8.2f} {args.slices / t.wall:9.2f} {t.cpu:8.2f}  {inferred:8d}  {stages}")
@@ -123,13 +123,13 @@ def main(argv=None) -> int:
     for label, t, _, _ in rows[:-1]:
         print(f"speed-up of the fast pipeline over the {label}: {t.wall / fast_wall:.2f}x")
 
-    for fast, (parts, run, setup) in runs.items():
+    for fast, (parts, run, setup, t) in runs.items():
         network, *_, inferer = parts
         model = model_only(network, run.item["image"], inferer.sw_batch_size, args.repeats)
         label = "fast defaults" if fast else "unoptimised fp32"
         print(f"{label}: network setup {setup:.1f} s (once per run); model-only {model.wall:.2f} s for {run.inferred} "
-              f"slices ({run.inferred / model.wall:.2f} slices/s, cpu {model.cpu:.2f} s); "
-              f"end-to-end / model-only {run.total / model.wall:.2f}; outside the model {1 - model.wall / run.total:.0%}")
+              f"slices, batch {inferer.sw_batch_size} ({run.inferred / model.wall:.2f} slices/s, cpu {model.cpu:.2f} s); "
+              f"end-to-end / model-only {t.wall / model.wall:.2f}; outside the model {1 - model.wall / t.wall:.0%}")
     fast_mask, plain_mask = runs[True][1].mask, runs[False][1].mask
     differ = int((fast_mask != plain_mask).sum())
     print(f"fast vs unoptimised masks: {differ} of {fast_mask.size} voxels differ, Dice {dice(fast_mask, plain_mask):.6f} "

@@ -73,7 +73,7 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", help="trained Inf-Net state dict (models/model.pt) or an authors' checkpoint")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: GPU when present)")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="axial slices per network call (default 32 on a GPU, 4 on the CPU)")
+                   help="axial slices per network call (default 32 on a GPU, 2 on the CPU)")
     p.add_argument("--window", type=float, nargs=2, default=[-1250.0, 250.0], metavar=("LOW", "HIGH"),
                    help="HU window mapped to [0, 1] (default -1250 250)")
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")

@@ -27,7 +27,7 @@ from infnet_monai.networks.optimize import optimize_for_inference
 from infnet_monai.transforms.chain import NETWORK_SIZE, network_input_batch
 from infnet_monai.transforms.io import expand_inputs
 from infnet_monai.utils import AtomicNibabelWriter
-from infnet_monai.utils.geometry import voxel_volume_ml
+from infnet_monai.utils.geometry import axial_axis, voxel_volume_ml
 
 __all__ = [
     "MissingWeightsError",
@@ -87,9 +87,10 @@ def load_network(
 
 
 def default_batch_size(device: str | torch.device | None = None) -> int:
-    """Slices per network call: 32 on a GPU (keeps it busy in bf16), 4 on the CPU (larger CPU
-    batches leave the caches: 8 slices take 30-50 % longer per slice than 2-4 on a 2-core CPU)."""
-    return 32 if default_device(device).type == "cuda" else 4
+    """Slices per network call: 32 on a GPU (keeps it busy in bf16), 2 on the CPU (larger CPU
+    batches leave the caches: on a 2-core CPU 8 slices per call take 20-50 % longer per slice
+    than 2, with 1 or 2 threads; see benchmarks/RESULTS.md)."""
+    return 32 if default_device(device).type == "cuda" else 2
 
 
 class InfNetSliceInferer(SliceInferer):
@@ -146,15 +147,20 @@ def volume_datalist(inputs: str | Path | Sequence[str | Path]) -> list[dict]:
 
 @dataclass
 class VolumeResult:
-    """One segmented volume: the postprocessed item and its summary figures."""
+    """One segmented volume: the postprocessed item and its summary figures.
+
+    ``slices``: axial slices through the network; ``input_slices``: axial slices of the input
+    (more when the slice crop skipped slices without lung)."""
 
     item: dict
     slices: int
     seconds: float
     infected_ml: float
+    input_slices: int = 0
 
     def summary(self, name: str) -> str:
-        return f"{name}: {self.slices} slices, {self.seconds:.1f} s, infection {self.infected_ml:.1f} mL"
+        inferred = f"{self.slices} of {self.input_slices}" if self.input_slices > self.slices else f"{self.slices}"
+        return f"{name}: {inferred} slices inferred, {self.seconds:.1f} s, infection {self.infected_ml:.1f} mL"
 
 
 def _network_device(network: torch.nn.Module, inferer: SliceInferer) -> torch.device:
@@ -189,5 +195,7 @@ def infer_volume(
     with torch.inference_mode():
         item = postprocessing(item)
     mask = item[pred_key]
-    infected = float(mask.sum()) * voxel_volume_ml(np.asarray(mask.affine))
-    return VolumeResult(item, int(image.shape[-1]), time.perf_counter() - start, infected)
+    affine = np.asarray(mask.affine)
+    infected = float(mask.sum()) * voxel_volume_ml(affine)
+    input_slices = int(mask.shape[1 + axial_axis(affine)])
+    return VolumeResult(item, int(image.shape[-1]), time.perf_counter() - start, infected, input_slices)

@@ -29,7 +29,7 @@ __all__ = ["SegmentOptions", "output_path", "segment_volumes"]
 class SegmentOptions:
     """Settings of a segmentation run (CLI flags).
 
-    ``batch_size``: slices per network call (None: 32 on a GPU, 4 on the CPU). ``slice_crop``:
+    ``batch_size``: slices per network call (None: 32 on a GPU, 2 on the CPU). ``slice_crop``:
     infer only the slices near the lungs. ``prefetch``: preprocess the next volume during the
     current one's inference (None: on a GPU only; on a 2-core CPU both compete for the cores).
     """

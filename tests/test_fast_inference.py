@@ -185,7 +185,8 @@ def test_slice_crop_gives_the_same_mask_and_skips_slices(tmp_path):
                                   ct_postprocessing(pre, restrict_to_lung=restrict))
             masks[crop, restrict] = result.item["pred"][0].numpy()
             # 6 mm slices, 5 mm margin: only the 4 lung slices are inferred
-            assert result.slices == (4 if crop else 10)
+            assert (result.slices, result.input_slices) == (4 if crop else 10, 10)
+            assert result.summary("ct").startswith("ct: 4 of 10 slices inferred" if crop else "ct: 10 slices inferred")
     np.testing.assert_array_equal(masks[True, True], masks[False, True])
     assert 0 < masks[True, True].sum()
     # without the lung restriction the skipped slices are background, the others unchanged
