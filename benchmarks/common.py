@@ -155,20 +155,53 @@ def timed(fn: Callable[[], Any], repeats: int = 3, warmup: int = 0) -> tuple[Tim
     return Timing(statistics.median(walls), statistics.median(cpus), walls), result
 
 
-def model_only(network: torch.nn.Module, image: torch.Tensor, batch_size: int, repeats: int = 3) -> Timing:
+def model_only(
+    network: torch.nn.Module, image: torch.Tensor, batch_size: int, repeats: int = 3, dtype: torch.dtype | None = None
+) -> Timing:
     """Seconds of the network alone over every slice of ``image`` ``(1 or 3, S, S, Z)`` in batches
-    (a single channel is converted to the network input beforehand, outside the timing)."""
+    (a single channel is converted to the network input beforehand, outside the timing);
+    ``dtype``: under CPU autocast to it (None: fp32)."""
+    return timed(model_runner(network, image, batch_size, dtype), repeats, warmup=1)[0]
+
+
+def model_runner(
+    network: torch.nn.Module, image: torch.Tensor, batch_size: int, dtype: torch.dtype | None = None
+) -> Callable[[], None]:
+    """A function running ``network`` over every slice of ``image`` (see :func:`model_only`)."""
     from infnet_monai.transforms.chain import network_input_batch
 
     slices = image.as_tensor() if hasattr(image, "as_tensor") else image
     slices = network_input_batch(slices.permute(3, 0, 1, 2).contiguous())
 
     def run() -> None:
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             for start in range(0, slices.shape[0], batch_size):
                 network(slices[start : start + batch_size])
 
-    return timed(run, repeats, warmup=1)[0]
+    return run
+
+
+def interleaved(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, Timing]:
+    """Median timings of several functions run in turn (``repeats`` rounds after one warm-up
+    round), so that drifts of a shared machine hit them all alike."""
+    walls: dict[str, list] = {k: [] for k in runs}
+    cpus: dict[str, list] = {k: [] for k in runs}
+    for round_ in range(repeats + 1):
+        for key, fn in runs.items():
+            cpu, wall = time.process_time(), time.perf_counter()
+            fn()
+            if round_:
+                walls[key].append(time.perf_counter() - wall)
+                cpus[key].append(time.process_time() - cpu)
+    return {k: Timing(statistics.median(walls[k]), statistics.median(cpus[k]), walls[k]) for k in runs}
+
+
+def cpu_bf16_supported() -> bool:
+    """True when oneDNN runs bf16 convolutions natively on this CPU (AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 # ------------------------------------------------------------------------------------------

@@ -5,14 +5,17 @@
 
 Printed:
 
-1. the machine's measured fp32 matrix-multiply rate (GFLOP/s): ``torch.mm`` of 2048x2048
-   matrices (MKL) and, for reference, a 1x1 convolution of the same size through oneDNN (the
-   library the network's convolutions use), with the same thread count;
-2. the network alone (slices/s, batch ``--batch-size``, default the library's), plain eval and
-   fast (as the CLI loads it), as a percentage of the matmul limit: 27.7 GFLOP per 352x352 slice over the rate;
+1. the machine's measured matrix-multiply rate (GFLOP/s): ``torch.mm`` of 2048x2048 matrices
+   (MKL) and the same GEMM as a 1x1 convolution through oneDNN (the library of the network's
+   convolutions), with the same thread count; the limit is the faster of the two (and the same
+   in bf16 when the CPU has native bf16);
+2. the network alone (ms and slices/s, batch ``--batch-size``, default the library's) with the
+   optimisations added one by one (plain eval, channels-last, BatchNorm folded = what the CLI
+   and the bundle load, TorchScript freezing, bf16 autocast), as GFLOP/s (27.7 GFLOP per
+   352x352 slice) and as time over the limit; then ms/slice by slices per call;
 3. a 64-slice 512x512 volume end to end (file read to mask written) against the network alone
-   on the slices it infers; then ``--volumes`` volumes through ``infnet-monai segment``'s library
-   function with and without prefetching the next volume;
+   on all its slices and on the slices it infers; then ``--volumes`` volumes through
+   ``infnet-monai segment``'s library function with and without prefetching the next volume;
 4. peak resident memory of the fast pipeline for 512x512 volumes of ``--memory-slices`` slices,
    each in a fresh process, plus the 600-slice volume with every slice inferred.
 
@@ -22,6 +25,7 @@ Medians of ``--repeats`` runs; the load average is printed with the figures.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import tempfile
 import time
@@ -31,10 +35,12 @@ import torch
 
 from common import (
     DEFAULT_WORK_DIR,
+    cpu_bf16_supported,
+    interleaved,
+    model_runner,
     GFLOP_PER_SLICE,
     bench_volume,
     machine_line,
-    model_only,
     peak_memory_gb,
     pipeline_parts,
     random_weights,
@@ -46,17 +52,35 @@ from common import (
 from infnet_monai.segment import SegmentOptions, segment_volumes  # noqa: E402
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> tuple[float, float]:
-    """GFLOP/s of fp32 ``torch.mm`` (n x n) and of an equal-size 1x1 convolution via oneDNN."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_gflops(n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> tuple[float, float]:
+    """GFLOP/s of ``torch.mm`` (n x n, MKL) and of the same GEMM as a 1x1 convolution (oneDNN,
+    the library of the network's convolutions), in ``dtype``."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     flops = 2 * n**3 / 1e9
     mm = timed(lambda: torch.mm(a, b), repeats, warmup=1)[0]
     # the same GEMM as a 1x1 convolution: n pixels (64 x n/64) x n channels -> n channels
-    x = torch.randn(1, n, 64, n // 64).contiguous(memory_format=torch.channels_last)
-    conv = torch.nn.Conv2d(n, n, 1, bias=False).eval().to(memory_format=torch.channels_last)
+    x = torch.randn(1, n, 64, n // 64, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    conv = torch.nn.Conv2d(n, n, 1, bias=False).eval().to(dtype=dtype, memory_format=torch.channels_last)
     with torch.inference_mode():
         one_dnn = timed(lambda: conv(x), repeats, warmup=1)[0]
     return flops / mm.wall, flops / one_dnn.wall
+
+
+def network_variants(weights: Path, bf16: bool) -> dict[str, tuple[torch.nn.Module, torch.dtype | None]]:
+    """The optimisations one by one: label -> (network, autocast dtype or None)."""
+    from infnet_monai.inference import load_network
+    from infnet_monai.networks.optimize import optimize_for_inference
+
+    plain = load_network(weights, "cpu", optimize=False)
+    variants = {
+        "plain eval fp32": (plain, None),
+        "channels-last": (copy.deepcopy(plain).to(memory_format=torch.channels_last), None),
+        "+ BatchNorm folded (default fp32)": (optimize_for_inference(plain, "cpu"), None),
+        "+ TorchScript trace, frozen": (optimize_for_inference(plain, "cpu", script=True), None),
+    }
+    if bf16:
+        variants["default + bf16 autocast (opt-in)"] = (variants["+ BatchNorm folded (default fp32)"][0], torch.bfloat16)
+    return variants
 
 
 def main(argv=None) -> int:
@@ -79,37 +103,80 @@ def main(argv=None) -> int:
     print(f"date: {time.strftime('%Y-%m-%d %H:%M')}; {args.repeats} repeats; {threads} threads")
 
     mm, one_dnn = matmul_gflops(repeats=max(args.repeats, 3))
-    print(f"\n1. fp32 matmul 2048^3: torch.mm {mm:.0f} GFLOP/s; oneDNN 1x1 convolution {one_dnn:.0f} GFLOP/s "
-          f"-> limit {GFLOP_PER_SLICE / mm * 1000:.0f} ms/slice ({mm / GFLOP_PER_SLICE:.2f} slices/s) at the torch.mm rate")
+    limit = max(mm, one_dnn)
+    bf16 = cpu_bf16_supported()
+    print(f"\n1. fp32 matmul 2048^3: torch.mm (MKL) {mm:.0f} GFLOP/s; as a 1x1 convolution (oneDNN) {one_dnn:.0f} "
+          f"GFLOP/s -> limit {limit:.0f} GFLOP/s = {GFLOP_PER_SLICE / limit * 1000:.0f} ms per 352x352 slice "
+          f"({limit / GFLOP_PER_SLICE:.2f} slices/s)")
+    if bf16:
+        mm16, one_dnn16 = matmul_gflops(repeats=max(args.repeats, 3), dtype=torch.bfloat16)
+        limit16 = max(mm16, one_dnn16)
+        print(f"   bf16 (native on this CPU): torch.mm {mm16:.0f}, oneDNN {one_dnn16:.0f} GFLOP/s -> bf16 limit "
+              f"{GFLOP_PER_SLICE / limit16 * 1000:.0f} ms per slice")
 
     parts_fast = pipeline_parts(weights, fast=True, batch_size=args.batch_size)
-    parts_plain = pipeline_parts(weights, fast=False, batch_size=args.batch_size)
     batch = parts_fast[3].sw_batch_size
-    print(f"\n2. network alone, {args.model_slices} slices of 352x352, batch {batch}:")
-    slices = torch.rand(3, 352, 352, args.model_slices)
-    for label, parts in (("plain eval fp32", parts_plain), ("fast (BN folded, TorchScript/oneDNN)", parts_fast)):
-        t = model_only(parts[0], slices, batch, args.repeats)
-        rate = args.model_slices / t.wall
-        print(f"   {label:38s} {rate:5.2f} slices/s ({t.wall / args.model_slices * 1000:.0f} ms/slice, "
-              f"cpu {t.cpu / args.model_slices * 1000:.0f} ms/slice) = {rate * GFLOP_PER_SLICE:.0f} GFLOP/s, "
-              f"{100 * rate * GFLOP_PER_SLICE / mm:.0f} % of torch.mm, {100 * rate * GFLOP_PER_SLICE / one_dnn:.0f} % of oneDNN; "
-              f"time {mm / (rate * GFLOP_PER_SLICE):.2f}x the torch.mm limit")
+    slices = torch.rand(1, 352, 352, args.model_slices)
+    variants = network_variants(weights, bf16)
+    times = interleaved({k: model_runner(net, slices, batch, dtype) for k, (net, dtype) in variants.items()}, args.repeats)
+    print(f"\n2. network alone, {args.model_slices} slices of 352x352, batch {batch} (variants run in turn, "
+          f"median of {args.repeats}):")
+    print(f"   {'':36s} {'ms/slice':>8s} {'slices/s':>8s} {'GFLOP/s':>8s} {'x limit':>8s}  {'cpu ms/slice':>12s}")
+    for label, t in times.items():
+        per_slice = t.wall / args.model_slices
+        lim = limit if variants[label][1] is None else limit16
+        print(f"   {label:36s} {per_slice * 1000:8.0f} {1 / per_slice:8.2f} {GFLOP_PER_SLICE / per_slice:8.0f} "
+              f"{per_slice * lim / GFLOP_PER_SLICE:8.2f}  {t.cpu / args.model_slices * 1000:12.0f}")
+    print("   (x limit: time over the matmul limit of the same precision)")
     if args.batch_sweep:
-        sweep = []
-        for size in (int(b) for b in args.batch_sweep.split(",")):
-            t = model_only(parts_fast[0], slices, size, args.repeats)
-            sweep.append(f"{size}: {t.wall / args.model_slices * 1000:.0f}")
-        print(f"   fast network, ms/slice by slices per call: {', '.join(sweep)}")
+        sizes = [int(b) for b in args.batch_sweep.split(",")]
+        sweep = interleaved({b: model_runner(parts_fast[0], slices, b) for b in sizes}, args.repeats)
+        print(f"   default fp32 network, ms/slice by slices per call: "
+              f"{', '.join(f'{b}: {t.wall / args.model_slices * 1000:.0f}' for b, t in sweep.items())}")
+    if threads > 1:
+        counts = sorted({1, max(1, threads // 2), threads})
+
+        def with_threads(n: int):
+            run = model_runner(parts_fast[0], slices, batch)
+
+            def go() -> None:
+                torch.set_num_threads(n)
+                try:
+                    run()
+                finally:
+                    torch.set_num_threads(threads)
+
+            return go
+
+        by_threads = interleaved({n: with_threads(n) for n in counts}, args.repeats)
+        print(f"   default fp32 network, ms/slice by torch threads: "
+              f"{', '.join(f'{n}: {t.wall / args.model_slices * 1000:.0f}' for n, t in by_threads.items())}")
     print(f"   load average {os.getloadavg()[0]:.2f}")
 
-    print("\n3. 64-slice 512x512 volume, fast defaults:")
+    print("\n3. 64-slice 512x512 volume, fast defaults (end to end and the network alone run in turn):")
     with tempfile.TemporaryDirectory() as out:
-        t, run = timed(lambda: run_pipeline(volume, parts_fast, Path(out)), args.repeats)
-        model = model_only(parts_fast[0], run.item["image"], batch, args.repeats)
-    print(f"   end to end {t} -> {run.slices / t.wall:.2f} slices/s; stages pre {run.preprocess:.1f} / "
-          f"infer+post {run.infer_post:.1f} / save {run.save:.1f} s")
-    print(f"   network alone on the {run.inferred} inferred slices {model}; end-to-end / model-only "
-          f"{t.wall / model.wall:.2f}; outside the model {1 - model.wall / t.wall:.0%}")
+        last = {}
+
+        def end_to_end() -> None:
+            last["run"] = run_pipeline(volume, parts_fast, Path(out))
+
+        end_to_end()
+        run = last["run"]
+        all_slices = torch.rand(1, 352, 352, run.slices)
+        t = interleaved({
+            "e2e": end_to_end,
+            "all": model_runner(parts_fast[0], all_slices, batch),
+            "inferred": model_runner(parts_fast[0], run.item["image"], batch),
+        }, args.repeats)
+    run = last["run"]
+    print(f"   end to end {t['e2e']} -> {run.slices / t['e2e'].wall:.2f} slices/s; stages of the last run: pre "
+          f"{run.preprocess:.2f} / infer+post {run.infer_post:.2f} / save {run.save:.2f} s; {run.inferred} of "
+          f"{run.slices} slices inferred (the others hold no lung)")
+    print(f"   network alone on all {run.slices} slices {t['all']}: end-to-end / model-only "
+          f"{t['e2e'].wall / t['all'].wall:.2f}")
+    print(f"   network alone on the {run.inferred} inferred slices {t['inferred']}: end-to-end / model-only "
+          f"{t['e2e'].wall / t['inferred'].wall:.2f}; time outside the network {t['e2e'].wall - t['inferred'].wall:.2f} s "
+          f"({1 - t['inferred'].wall / t['e2e'].wall:.0%})")
     print(f"   load average {os.getloadavg()[0]:.2f}")
 
     if args.volumes:

@@ -15,8 +15,9 @@ Printed: seconds and slices/s (input slices over wall time, reading the file to 
 mask), the speed-up over the naive reference, model-only seconds over the inferred slices and the
 share of time outside the model, the fast masks' agreement with the unoptimised ones, and the
 peak resident memory of each pipeline configuration on a 512x512x``--memory-slices`` volume
-(measured in a fresh process each). Timings are medians of ``--repeats`` runs; the load
-average of the machine is printed with them (other processes slow every figure down).
+(measured in a fresh process each). Timings are medians of ``--repeats`` rounds in which every
+row runs once in turn (drifts of a shared machine hit all rows alike); the load average of the
+machine is printed with them (other processes slow every figure down).
 """
 
 from __future__ import annotations
@@ -35,14 +36,14 @@ from common import (
     DEFAULT_WORK_DIR,
     bench_volume,
     dice,
+    interleaved,
     machine_line,
-    model_only,
+    model_runner,
     peak_memory_gb,
     pipeline_parts,
     random_weights,
     run_pipeline,
     set_threads,
-    timed,
 )
 
 from infnet_monai.networks import InfNet, load_authors_checkpoint  # noqa: E402
@@ -97,39 +98,46 @@ def main(argv=None) -> int:
     print(f"machine: {machine_line()}")
     print(f"date: {time.strftime('%Y-%m-%d %H:%M')}; volume: {volume.name} (512x512x{args.slices}); "
           f"{args.repeats} repeats; {threads} threads")
-    rows = []
     out = Path(tempfile.mkdtemp(prefix="bench_out_"))
 
+    # every row (and the network alone on the fast pipeline's slices) runs in turn, round after
+    # round, so that drifts of a shared machine hit all rows alike
+    fns, labels, runs, last = {}, {}, {}, {}
     if not args.skip_naive:
         plain_net = load_authors_checkpoint(InfNet(), weights).eval()
-        t, _ = timed(lambda: naive_reference(volume, plain_net, out), args.repeats)
-        rows.append(("naive reference (batch 1, PIL)", t, args.slices, None))
-
-    runs = {}
-    for label, fast in (("pipeline, unoptimised fp32", False), ("pipeline, fast defaults", True)):
+        fns["naive"] = lambda: naive_reference(volume, plain_net, out)
+        labels["naive"] = "naive reference (batch 1, PIL)"
+    for fast in (False, True):
         start = time.perf_counter()
         parts = pipeline_parts(weights, fast=fast, batch_size=args.batch_size)
-        setup = time.perf_counter() - start
-        t, run = timed(lambda: run_pipeline(volume, parts, out), args.repeats)
-        rows.append((label, t, run.inferred, run))
-        runs[fast] = (parts, run, setup, t)
+        runs[fast] = (parts, time.perf_counter() - start)
+
+        def pipeline(fast=fast, parts=parts) -> None:
+            last[fast] = run_pipeline(volume, parts, out)
+
+        fns[fast] = pipeline
+        labels[fast] = "pipeline, fast defaults" if fast else "pipeline, unoptimised fp32"
+        pipeline()  # the preprocessed slices for the model-only rows
+        network, *_, inferer = parts
+        fns[("model", fast)] = model_runner(network, last[fast].item["image"], inferer.sw_batch_size)
+    t = interleaved(fns, args.repeats)
 
     print(f"\n{'':34s} {'wall s':>8s} {'slices/s':>9s} {'cpu s':>8s}  inferred  stages of the last run (pre / infer+post / save, s)")
-    for label, t, inferred, run in rows:
+    for key, label in labels.items():
+        run = last.get(key)
         stages = f"{run.preprocess:.1f} / {run.infer_post:.1f} / {run.save:.1f}" if run else "-"
-        print(f"{label:34s} {t.wall:8.2f} {args.slices / t.wall:9.2f} {t.cpu:8.2f}  {inferred:8d}  {stages}")
-    print("  runs (wall s): " + "; ".join(f"{label}: {', '.join(f'{w:.1f}' for w in t.walls)}" for label, t, _, _ in rows))
-    fast_wall = rows[-1][1].wall
-    for label, t, _, _ in rows[:-1]:
-        print(f"speed-up of the fast pipeline over the {label}: {t.wall / fast_wall:.2f}x")
-
-    for fast, (parts, run, setup, t) in runs.items():
-        network, *_, inferer = parts
-        model = model_only(network, run.item["image"], inferer.sw_batch_size, args.repeats)
+        inferred = run.inferred if run else args.slices
+        print(f"{label:34s} {t[key].wall:8.2f} {args.slices / t[key].wall:9.2f} {t[key].cpu:8.2f}  {inferred:8d}  {stages}")
+    print("  runs (wall s): " + "; ".join(f"{labels[k]}: {', '.join(f'{w:.1f}' for w in t[k].walls)}" for k in labels))
+    for key in [k for k in labels if k is not True]:
+        print(f"speed-up of the fast pipeline over the {labels[key]}: {t[key].wall / t[True].wall:.2f}x")
+    for fast, (parts, setup) in runs.items():
+        model, run, inferer = t[("model", fast)], last[fast], parts[-1]
         label = "fast defaults" if fast else "unoptimised fp32"
         print(f"{label}: network setup {setup:.1f} s (once per run); model-only {model.wall:.2f} s for {run.inferred} "
               f"slices, batch {inferer.sw_batch_size} ({run.inferred / model.wall:.2f} slices/s, cpu {model.cpu:.2f} s); "
-              f"end-to-end / model-only {t.wall / model.wall:.2f}; outside the model {1 - model.wall / t.wall:.0%}")
+              f"end-to-end / model-only {t[fast].wall / model.wall:.2f}; outside the model {1 - model.wall / t[fast].wall:.0%}")
+    runs = {fast: (None, last[fast]) for fast in (False, True)}
     fast_mask, plain_mask = runs[True][1].mask, runs[False][1].mask
     differ = int((fast_mask != plain_mask).sum())
     print(f"fast vs unoptimised masks: {differ} of {fast_mask.size} voxels differ, Dice {dice(fast_mask, plain_mask):.6f} "

@@ -58,11 +58,11 @@ def main(argv=None) -> int:
         weights = args.weights
     network = load_network(weights)  # a plain error if no weights are given
 
-    pre = ct_preprocessing()
+    pre = ct_preprocessing(network_input=False)  # as the CLI: one [0, 1] channel, 3 channels per slice batch
     item = pre({"image": str(args.input)})
-    print(f"2. network input {tuple(item['image'].shape)} (3 channels, 352x352 per axial slice)")
+    print(f"2. preprocessed {tuple(item['image'].shape)} (windowed, lung-cropped, 352x352 per axial slice near the lungs)")
 
-    result = infer_volume(item, network, slice_inferer(batch_size=4), ct_postprocessing(pre))
+    result = infer_volume(item, network, slice_inferer(), ct_postprocessing(pre))
     print(f"3. {result.summary(args.input.name)}")
 
     mask_saver(args.output_dir)(result.item["pred"])

@@ -4,13 +4,12 @@ Shared by the CLI (``infnet-monai segment``) and the bundle's ``configs/inferenc
 :func:`load_network`, :func:`slice_inferer`, :func:`mask_saver` and :func:`infer_volume`. The
 speed settings live here too, so both get them without flags: the network from
 :func:`load_network` is optimised for its device (:mod:`infnet_monai.networks.optimize`),
-:func:`slice_inferer` picks the slice batch for the device and :func:`infer_volume` runs CUDA
-in bf16 autocast.
+:func:`slice_inferer` picks the slice batch for the device and the precision (fp32 unless fp16 or
+bf16 autocast is asked for: :func:`default_precision`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,8 @@ __all__ = [
     "require_weights",
     "load_network",
     "default_batch_size",
+    "PRECISIONS",
+    "default_precision",
     "InfNetSliceInferer",
     "slice_inferer",
     "mask_saver",
@@ -76,7 +77,7 @@ def load_network(
     """InfNet in eval mode with ``weights`` (a converted state dict or an authors' checkpoint).
 
     ``optimize``: return the inference-only copy of :func:`optimize_for_inference` (BatchNorm
-    folded, channels-last, TorchScript on the CPU); False gives the plain eval ``InfNet``.
+    folded, channels-last); False gives the plain eval ``InfNet``.
     """
     weights = require_weights(weights)
     device = default_device(device)
@@ -87,33 +88,73 @@ def load_network(
 
 
 def default_batch_size(device: str | torch.device | None = None) -> int:
-    """Slices per network call: 32 on a GPU (keeps it busy in bf16), 2 on the CPU (larger CPU
+    """Slices per network call: 32 on a GPU (keeps it busy), 2 on the CPU (larger CPU
     batches leave the caches: on a 2-core CPU 8 slices per call take 20-50 % longer per slice
     than 2, with 1 or 2 threads; see benchmarks/RESULTS.md)."""
     return 32 if default_device(device).type == "cuda" else 2
 
 
+# autocast dtype of each precision (None: full fp32)
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def default_precision(device: str | torch.device | None = None) -> str:
+    """``"fp32"`` on every device: reduced precision is opt-in.
+
+    Against fp32 masks of a trained Inf-Net (``benchmarks/precision.py``, figures in
+    ``benchmarks/RESULTS.md``), fp16 rounding gave Dice 0.9997 on 2D slices but 0.9988 on a CT
+    volume and bf16 0.991-0.998, short of the 0.999 that a default must keep. ``device`` is
+    accepted for configs that choose per device.
+    """
+    return "fp32"
+
+
 class InfNetSliceInferer(SliceInferer):
     """``SliceInferer`` that turns each batch of [0, 1] single-channel slices into the network
     input (:func:`~infnet_monai.transforms.chain.network_input_batch`) just before the network,
-    so the volume is held with one channel instead of three; 3-channel inputs pass unchanged."""
+    so the volume is held with one channel instead of three; 3-channel inputs pass unchanged.
+
+    ``precision`` (``"fp32"``, ``"fp16"``, ``"bf16"``): the network runs under autocast to that
+    dtype on ``sw_device`` (fp32 accumulation); a batch whose reduced-precision logits are not
+    finite (fp16 overflow) is run again in fp32. The logits come back as float32.
+    """
+
+    def __init__(self, *args, precision: str = "fp32", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.precision = precision
 
     def network_wrapper(self, network: Callable, x: torch.Tensor, *args, **kwargs):
+        dtype = PRECISIONS[self.precision]
+        device_type = torch.device(self.sw_device or x.device).type
+
         def with_network_input(slices: torch.Tensor, *a, **k):
-            return network(network_input_batch(slices), *a, **k)
+            inputs = network_input_batch(slices)
+            if dtype is None:
+                return network(inputs, *a, **k)
+            with torch.autocast(device_type, dtype=dtype):
+                out = network(inputs, *a, **k)
+            if not bool(torch.isfinite(out).all()):
+                with torch.autocast(device_type, enabled=False):
+                    out = network(inputs.float(), *a, **k)
+            return out.float()
 
         return super().network_wrapper(with_network_input, x, *args, **kwargs)
 
 
 def slice_inferer(
-    batch_size: int | None = None, device: str | torch.device | None = None, progress: bool = False
+    batch_size: int | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+    precision: str | None = None,
 ) -> SliceInferer:
     """:class:`InfNetSliceInferer` over axial slices (last spatial axis) of ``(B, 1 or 3, S, S, Z)``
     inputs (a single channel is converted to the network input per slice batch).
 
-    Slices run on ``device`` in batches of ``batch_size`` (default :func:`default_batch_size`);
-    the output volume is assembled on the input's device (the CPU for volumes from transforms),
-    so the GPU holds only one batch.
+    Slices run on ``device`` in batches of ``batch_size`` (default :func:`default_batch_size`)
+    in ``precision`` (default :func:`default_precision`); the output volume is assembled on the
+    input's device (the CPU for volumes from transforms), so the GPU holds only one batch.
     """
     return InfNetSliceInferer(
         roi_size=(NETWORK_SIZE, NETWORK_SIZE),
@@ -121,6 +162,7 @@ def slice_inferer(
         spatial_dim=2,
         sw_device=default_device(device),
         progress=progress,
+        precision=precision or default_precision(device),
     )
 
 
@@ -163,15 +205,6 @@ class VolumeResult:
         return f"{name}: {inferred} slices inferred, {self.seconds:.1f} s, infection {self.infected_ml:.1f} mL"
 
 
-def _network_device(network: torch.nn.Module, inferer: SliceInferer) -> torch.device:
-    """Where the slices run: the inferer's ``sw_device``, else the network's first tensor."""
-    if inferer.sw_device is not None:
-        return torch.device(inferer.sw_device)
-    for tensor in list(network.parameters()) + list(network.buffers()):
-        return tensor.device
-    return torch.device("cpu")
-
-
 def infer_volume(
     item: dict,
     network: torch.nn.Module,
@@ -179,16 +212,13 @@ def infer_volume(
     postprocessing: Compose,
     image_key: str = "image",
     pred_key: str = "pred",
-    amp: bool | None = None,
 ) -> VolumeResult:
     """Run ``network`` over a preprocessed ``item`` (``image_key``: ``(1 or 3, S, S, Z)``) and apply
-    ``postprocessing``; returns the item with ``pred_key`` on the input grid."""
+    ``postprocessing``; returns the item with ``pred_key`` on the input grid. The precision is
+    the inferer's (:class:`InfNetSliceInferer`)."""
     start = time.perf_counter()
     image = item[image_key]
-    device = _network_device(network, inferer)
-    use_amp = device.type == "cuda" if amp is None else amp
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode():
         logits = inferer(image.unsqueeze(0), network)
     item = dict(item)
     item[pred_key] = decollate_batch({pred_key: logits.float()})[0][pred_key]

@@ -29,7 +29,8 @@ __all__ = ["SegmentOptions", "output_path", "segment_volumes"]
 class SegmentOptions:
     """Settings of a segmentation run (CLI flags).
 
-    ``batch_size``: slices per network call (None: 32 on a GPU, 2 on the CPU). ``slice_crop``:
+    ``batch_size``: slices per network call (None: 32 on a GPU, 2 on the CPU). ``precision``:
+    network precision (None: fp32; "fp16"/"bf16" autocast). ``slice_crop``:
     infer only the slices near the lungs. ``prefetch``: preprocess the next volume during the
     current one's inference (None: on a GPU only; on a 2-core CPU both compete for the cores).
     """
@@ -38,6 +39,7 @@ class SegmentOptions:
     weights: str | None
     device: str | None = None
     batch_size: int | None = None
+    precision: str | None = None
     window: Sequence[float] = DEFAULT_WINDOW_HU
     lung_crop: bool = True
     slice_crop: bool = True
@@ -106,7 +108,7 @@ def segment_volumes(inputs: Sequence[str], opts: SegmentOptions) -> int:
         pre, threshold=opts.threshold, prob_key="prob" if opts.save_prob else None,
         restrict_to_lung=opts.restrict_to_lung,
     )
-    inferer = slice_inferer(opts.batch_size, opts.device, progress=opts.progress)
+    inferer = slice_inferer(opts.batch_size, opts.device, progress=opts.progress, precision=opts.precision)
     save_mask = mask_saver(opts.output_dir, "seg", np.uint8)
     save_prob = mask_saver(opts.output_dir, "prob", np.float32)
     failures = 0

@@ -309,14 +309,15 @@ def test_inference_config_resolves_every_id(ct_dir, tmp_path, tmp_path_factory):
     value = {i: parser.get_parsed_content(i) for i in ids if i not in EXECUTABLE_IDS}
     assert value["datalist"] == [{"image": str(ct_dir / "phantom.nii.gz")}]
     assert value["device"] == torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    assert value["amp"] is torch.cuda.is_available()
+    assert value["precision"] == "fp32"
     assert isinstance(value["network_def"], InfNet)
-    # `network` is the inference-optimised copy of the weights in ckpt_path (BN folded; traced on CPU)
+    # `network` is the inference-optimised copy of the weights in ckpt_path (BN folded, channels-last)
     assert isinstance(value["network"], torch.nn.Module) and value["network"] is not value["network_def"]
     assert not any(p.requires_grad for p in value["network"].parameters())
     inferer = value["inferer"]
     assert isinstance(inferer, SliceInferer) and tuple(inferer.roi_size) == (NETWORK_SIZE, NETWORK_SIZE)
     assert inferer.spatial_dim == 2 and inferer.sw_batch_size == value["slice_batch_size"]
+    assert inferer.precision == value["precision"]
     # preprocessing output: the windowed [0, 1] slices; the inferer turns each slice batch into the
     # 3-channel network input, inside the declared value range
     item = value["dataset"][0]

@@ -1,5 +1,5 @@
 """Fast inference pieces give the same results as the plain ones: BatchNorm folding, the
-TorchScript CPU network, per-batch network input, slice crop to the lungs, the restricted
+channels-last (and optional TorchScript) network, per-batch network input, slice crop to the lungs, the restricted
 lung dilation and prefetching."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from monai.transforms import Compose, CropForegroundd
 from scipy import ndimage
 from torch import nn
 
-from infnet_monai.inference import infer_volume, load_network, slice_inferer
+from infnet_monai.inference import default_precision, infer_volume, load_network, slice_inferer
 from infnet_monai.networks import InfNet
 from infnet_monai.networks.fuse import fold_batchnorm
 from infnet_monai.networks.optimize import optimize_for_inference
@@ -92,16 +92,18 @@ def test_fold_handles_named_pairs_and_sequentials():
         assert _close(folded(x), block(x), 1e-5)
 
 
-def test_cpu_network_is_traced_and_matches_at_other_sizes(infnet):
-    fast = optimize_for_inference(infnet, "cpu", example_size=64)
-    assert isinstance(fast, torch.jit.ScriptModule) and not list(fast.parameters())
-    x = torch.randn(3, 3, 96, 64)  # batch and size differ from the traced example
+def test_optimised_network_matches_eager_and_traced(infnet):
+    fast = optimize_for_inference(infnet, "cpu")
+    assert not isinstance(fast, torch.jit.ScriptModule)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in fast.parameters() if p.ndim == 4)
+    x = torch.randn(3, 3, 96, 64)
     with torch.no_grad():
         assert _close(fast(x), infnet(x))
-    eager = optimize_for_inference(infnet, "cpu", script=False)
-    assert isinstance(eager, nn.Module) and not isinstance(eager, torch.jit.ScriptModule)
-    with torch.no_grad():
-        assert _close(eager(x), infnet(x))
+    traced = optimize_for_inference(infnet, "cpu", example_size=64, script=True)
+    assert isinstance(traced, torch.jit.ScriptModule) and not list(traced.parameters())
+    with torch.no_grad():  # batch and size differ from the traced example
+        assert _close(traced(x), infnet(x))
 
 
 def test_network_input_per_batch_equals_whole_volume():
@@ -157,13 +159,17 @@ def test_restrict_to_lung_equals_brute_force_distance():
     assert torch.equal(RestrictToLung(3.0)(inside, inside), inside)
 
 
-def test_dilation_in_slabs_equals_one_transform():
+@pytest.mark.parametrize("spacing, mm", [((0.8, 0.8, 1.25), 5.0), ((0.84, 0.84, 5.0), 5.0),
+                                         ((0.7, 0.9, 2.0), 3.3), ((0.6, 0.6, 0.625), 4.0)])
+def test_dilation_equals_the_distance_transform(spacing, mm):
+    """The row-decomposed ball dilation sets exactly the voxels within ``mm`` of the mask."""
     rng = np.random.default_rng(0)
-    mask = ndimage.binary_dilation(rng.random((24, 20, 40)) > 0.998, iterations=2)
-    spacing = (0.8, 0.8, 1.25)
-    whole = dilate_mm(mask, spacing, 5.0, chunk_slices=1000)
-    np.testing.assert_array_equal(dilate_mm(mask, spacing, 5.0, chunk_slices=3), whole)
-    assert whole.sum() > 3 * mask.sum()
+    mask = rng.random((40, 36, 30)) > 0.995
+    mask[0, 0, 0] = mask[-1, 5, -1] = True  # the ball is clipped at the volume's faces
+    expected = ndimage.distance_transform_edt(~mask, sampling=spacing) <= mm
+    got = dilate_mm(mask, spacing, mm)
+    np.testing.assert_array_equal(got, expected)
+    assert got.sum() > 10 * mask.sum()
 
 
 def _phantom_with_lung_free_slices(path, seed=0):
@@ -243,3 +249,45 @@ def test_segment_with_and_without_prefetch_writes_the_same_masks(weights, tmp_pa
     assert sorted(outputs[True]) == ["case1_seg.nii.gz", "case2_seg.nii.gz"]
     for name, mask in outputs[False].items():
         np.testing.assert_array_equal(outputs[True][name], mask)
+
+
+class _Scale(nn.Module):
+    """1x1 convolution summing the channels times ``gain``: logits beyond fp16's range (65504)
+    for gain 1e5 on network input of order 1."""
+
+    def __init__(self, gain: float) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 1, 1, bias=False)
+        nn.init.constant_(self.conv.weight, gain)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_precision_defaults_and_reduced_precision_logits():
+    assert slice_inferer(device="cpu").precision == "fp32"
+    assert default_precision("cuda") == default_precision("cpu") == "fp32"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        slice_inferer(device="cpu", precision="int8")
+    volume = torch.rand(1, 1, 16, 16, 3)
+    net = _Scale(1.0).eval()
+    with torch.inference_mode():
+        full = slice_inferer(2, "cpu", precision="fp32")(volume, net)
+        for name in ("bf16", "fp16"):
+            reduced = slice_inferer(2, "cpu", precision=name)(volume, net)
+            assert reduced.dtype == torch.float32
+            # 16-bit operands: close to fp32, but not bit-equal
+            torch.testing.assert_close(reduced, full, rtol=1e-2, atol=1e-2)
+            assert not torch.equal(reduced, full)
+
+
+def test_fp16_overflow_falls_back_to_fp32():
+    volume = torch.rand(1, 1, 8, 8, 2) + 0.5
+    net = _Scale(1e5).eval()
+    with torch.inference_mode():
+        full = slice_inferer(2, "cpu", precision="fp32")(volume, net)
+        with torch.autocast("cpu", dtype=torch.float16):
+            assert not torch.isfinite(net(network_input_batch(volume[..., 0]))).all()  # fp16 overflows
+        half = slice_inferer(2, "cpu", precision="fp16")(volume, net)
+    assert float(full.abs().max()) > 65504
+    torch.testing.assert_close(half, full)

@@ -18,10 +18,12 @@ from ct_samples import (
     real_lung,
 )
 from monai.data import MetaTensor
-from monai.transforms import CropForegroundd, Invertd, Orientation, Orientationd
+from monai.transforms import CropForegroundd, Invertd, Orientation, Orientationd, Spacing
 from scipy import ndimage
 
 from infnet_monai.transforms.lung import (
+    LEFT_LUNG,
+    RIGHT_LUNG,
     LungMask,
     LungMaskd,
     RestrictToLung,
@@ -232,3 +234,48 @@ def test_real_ct_lung_mask_does_not_depend_on_array_orientation(dicom_series_dir
     for label in (1, 2):
         a, b = back == label, ref == label
         assert 2 * np.count_nonzero(a & b) / (a.sum() + b.sum()) > 0.999
+
+
+def test_per_slice_fill_equals_scipy_fill_holes():
+    """The labelling fill gives exactly scipy's in-plane ``binary_fill_holes`` (rings with holes,
+    holes open to a face, noise)."""
+    from infnet_monai.transforms.lung import _INPLANE, _per_slice_fill
+
+    rng = np.random.default_rng(0)
+    mask = rng.random((30, 26, 6)) > 0.55
+    yy, xx = np.mgrid[:30, :26]
+    ring = (np.hypot(yy - 15, xx - 12) < 9) & (np.hypot(yy - 15, xx - 12) > 5)
+    mask[:, :, 2] = ring
+    mask[:, :, 0] = ring  # the first and last slices are filled too
+    mask[:, :, 3] = ring & (xx > 2)
+    expected = ndimage.binary_fill_holes(mask, structure=_INPLANE)
+    np.testing.assert_array_equal(_per_slice_fill(mask), expected)
+    assert expected[15, 12, 2] and expected[15, 12, 0]
+    np.testing.assert_array_equal(_per_slice_fill(np.ones((4, 4, 3), bool)), np.ones((4, 4, 3), bool))
+
+
+def test_real_ct_lung_mask_holds_on_thin_slices(dicom_series_dir):
+    """The same chest resampled to 1.25 mm slices (and 1.7 mm pixels) gives the same lungs: both
+    apices kept (a lung apex merging with the trachea in thin slices is not followed as airway;
+    before that fix the right lung lost half its volume) and the volumes within 6 % of the 5 mm
+    series' mask (measured: right -1.3 %, left -5.1 %).
+
+    Known limitation, so the left inferior end is not compared: in the resampled volume the left
+    base next to the heart comes apart from the left lung as a 35 mL piece, and like every piece
+    under ``min_component_ml`` it is dropped."""
+    ct, lung = real_ct(dicom_series_dir), real_lung(dicom_series_dir)
+    spacing = np.linalg.norm(ct.affine.numpy()[:3, :3], axis=0)
+    thin = Spacing(pixdim=(2 * spacing[0], 2 * spacing[1], 1.25), mode="bilinear")(ct)
+    thin_lung = LungMask()(thin)[0].numpy()
+    thin_affine = thin.affine.numpy()
+    for label in (RIGHT_LUNG, LEFT_LUNG):
+        ref, got = lung[0].numpy() == label, thin_lung == label
+        ref_z = world_points(ct.affine.numpy(), np.argwhere(ref))[:, 2]
+        got_z = world_points(thin_affine, np.argwhere(got))[:, 2]
+        # apex within one 5 mm slice
+        assert abs(got_z.max() - ref_z.max()) <= 5.0 + 1e-3, (label, got_z.max(), ref_z.max())
+        if label == RIGHT_LUNG:
+            assert abs(got_z.min() - ref_z.min()) <= 5.0 + 1e-3, (got_z.min(), ref_z.min())
+        ref_ml = ref.sum() * voxel_volume_ml(ct.affine.numpy())
+        got_ml = got.sum() * voxel_volume_ml(thin_affine)
+        assert abs(got_ml - ref_ml) <= 0.06 * ref_ml, (label, got_ml, ref_ml)

@@ -4,12 +4,14 @@
 :func:`infnet_monai.inference.load_network`), so both get the same settings:
 
 - every device: BatchNorm folded into the convolutions (:func:`fold_batchnorm`) and the weights
-  in channels-last memory format;
-- CPU: the folded network traced with one example slice, frozen and optimised by TorchScript
-  (oneDNN convolutions with pre-packed weights and fused ReLU/add), about 1.5x faster than the
-  eager network on a 2-core CPU; if tracing fails the eager folded network is used;
+  in channels-last memory format (oneDNN's and cuDNN's fast layout for these convolutions);
 - CUDA: ``cudnn.benchmark`` on (one slice size per run, so the autotuned kernels are reused);
-  bf16 autocast is applied by :func:`infnet_monai.inference.infer_volume`.
+  reduced-precision autocast is applied per slice batch by
+  :class:`infnet_monai.inference.InfNetSliceInferer`.
+
+A TorchScript trace, frozen and optimised for inference (``script=True``), is available but not
+used by default: on the 2-core CPU of ``benchmarks/model_limit.py`` it was no faster than the
+eager folded channels-last network (see ``benchmarks/RESULTS.md``).
 
 The outputs equal the original network's up to float rounding (relative 1e-5 on CPU).
 """
@@ -48,22 +50,20 @@ def script_for_cpu(network: nn.Module, example: torch.Tensor) -> nn.Module:
 
 
 def optimize_for_inference(
-    network: nn.Module, device: str | torch.device = "cpu", example_size: int = 352, script: bool | None = None
+    network: nn.Module, device: str | torch.device = "cpu", example_size: int = 352, script: bool = False
 ) -> nn.Module:
     """Inference-only copy of ``network`` on ``device`` (``network`` itself is left unchanged).
 
     Args:
-        example_size: in-plane size of the example slice traced on the CPU (multiple of 32).
-        script: TorchScript tracing + freezing; ``None``: on the CPU only.
+        example_size: in-plane size of the example slice traced for ``script`` (multiple of 32).
+        script: TorchScript tracing + freezing (off by default, see the module docstring).
 
-    Returns a module mapping ``(B, 3, H, W)`` to the eval-mode output; it has no trainable
-    parameters once scripted.
+    Returns a module in eval mode mapping ``(B, 3, H, W)`` to the eval-mode output, with no
+    trainable parameters (``requires_grad`` off; none at all once scripted).
     """
     device = torch.device(device)
     configure_backends(device)
-    fast = fold_batchnorm(network).to(device).to(memory_format=torch.channels_last)
-    if script is None:
-        script = device.type == "cpu"
+    fast = fold_batchnorm(network).to(device).to(memory_format=torch.channels_last).eval().requires_grad_(False)
     if not script:
         return fast
     example = torch.zeros(1, 3, example_size, example_size, device=device)

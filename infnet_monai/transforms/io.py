@@ -31,6 +31,8 @@ from monai.utils import ImageMetaKey, MetaKeys, SpaceKeys, ensure_tuple
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
+from infnet_monai.utils.fast_gzip import register_fast_gzip
+
 __all__ = [
     "CTInputError",
     "SeriesInfo",
@@ -348,6 +350,7 @@ class CTReader(ImageReader):
 
     def __init__(self, series_uid: str | None = None, affine_lps_to_ras: bool = True) -> None:
         super().__init__()
+        register_fast_gzip()  # .nii.gz through ISA-L when installed
         self.series_uid = series_uid
         self.affine_lps_to_ras = affine_lps_to_ras
 
@@ -420,7 +423,7 @@ class CTReader(ImageReader):
             data, meta = self._nifti_data(img)
         else:
             data, meta = self._dicom_data(img)
-        data = np.ascontiguousarray(data, dtype=np.float32)  # one conversion; MONAI wants C order
+        data = data.astype(np.float32, order="K", copy=False)  # keeps the file's memory order: no transposing copy
         n_bad = data.size - int(np.count_nonzero(np.isfinite(data)))
         if n_bad:
             raise CTInputError(
