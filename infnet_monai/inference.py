@@ -88,9 +88,9 @@ def load_network(
 
 
 def default_batch_size(device: str | torch.device | None = None) -> int:
-    """Slices per network call: 32 on a GPU (keeps it busy), 2 on the CPU (larger CPU
-    batches leave the caches: on a 2-core CPU 8 slices per call take 20-50 % longer per slice
-    than 2, with 1 or 2 threads; see benchmarks/RESULTS.md)."""
+    """Slices per network call: 32 on a GPU (keeps it busy), 2 on the CPU (on the 2-core CPU of
+    ``benchmarks/RESULTS.md`` 2 or 4 slices per call are fastest; 8 leave the caches and take
+    15-30 % longer per slice)."""
     return 32 if default_device(device).type == "cuda" else 2
 
 
