@@ -155,19 +155,12 @@ def timed(fn: Callable[[], Any], repeats: int = 3, warmup: int = 0) -> tuple[Tim
     return Timing(statistics.median(walls), statistics.median(cpus), walls), result
 
 
-def model_only(
-    network: torch.nn.Module, image: torch.Tensor, batch_size: int, repeats: int = 3, dtype: torch.dtype | None = None
-) -> Timing:
-    """Seconds of the network alone over every slice of ``image`` ``(1 or 3, S, S, Z)`` in batches
-    (a single channel is converted to the network input beforehand, outside the timing);
-    ``dtype``: under CPU autocast to it (None: fp32)."""
-    return timed(model_runner(network, image, batch_size, dtype), repeats, warmup=1)[0]
-
-
 def model_runner(
     network: torch.nn.Module, image: torch.Tensor, batch_size: int, dtype: torch.dtype | None = None
 ) -> Callable[[], None]:
-    """A function running ``network`` over every slice of ``image`` (see :func:`model_only`)."""
+    """A function running ``network`` alone over every slice of ``image`` ``(1 or 3, S, S, Z)`` in
+    batches of ``batch_size`` (a single channel is converted to the network input beforehand,
+    outside the timed function); ``dtype``: under CPU autocast to it (None: fp32)."""
     from infnet_monai.transforms.chain import network_input_batch
 
     slices = image.as_tensor() if hasattr(image, "as_tensor") else image

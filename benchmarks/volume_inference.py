@@ -23,6 +23,7 @@ machine is printed with them (other processes slow every figure down).
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -137,12 +138,11 @@ def main(argv=None) -> int:
         print(f"{label}: network setup {setup:.1f} s (once per run); model-only {model.wall:.2f} s for {run.inferred} "
               f"slices, batch {inferer.sw_batch_size} ({run.inferred / model.wall:.2f} slices/s, cpu {model.cpu:.2f} s); "
               f"end-to-end / model-only {t[fast].wall / model.wall:.2f}; outside the model {1 - model.wall / t[fast].wall:.0%}")
-    runs = {fast: (None, last[fast]) for fast in (False, True)}
-    fast_mask, plain_mask = runs[True][1].mask, runs[False][1].mask
+    fast_mask, plain_mask = last[True].mask, last[False].mask
     differ = int((fast_mask != plain_mask).sum())
     print(f"fast vs unoptimised masks: {differ} of {fast_mask.size} voxels differ, Dice {dice(fast_mask, plain_mask):.6f} "
           f"({int(plain_mask.sum())} foreground voxels)")
-    print(f"load average after the timings: {__import__('os').getloadavg()[0]:.2f}")
+    print(f"load average after the timings: {os.getloadavg()[0]:.2f}")
 
     if args.memory_slices:
         big = bench_volume(args.memory_slices, args.work_dir)

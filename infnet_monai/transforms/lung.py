@@ -505,16 +505,10 @@ def lung_columns(mask: Any) -> Any:
     True at every slice of each (in-plane) column that holds lung in any slice, so the crop is
     in-plane only and keeps all slices. Use a per-axis margin without a slice margin, e.g.
     ``CropForegroundd(keys, source_key="lung", select_fn=lung_columns, margin=(8, 8, 0))``.
-    A mask without any lung selects everything (no crop) rather than an empty box.
+    A mask without any lung selects everything (no crop) rather than an empty box. The
+    in-plane-only case of :class:`LungRegion`.
     """
-    axis = _axial_index(mask)
-    positive = mask > 0
-    if not bool(positive.any()):
-        positive = positive | True
-    if isinstance(positive, torch.Tensor):
-        positive = positive.as_tensor() if isinstance(positive, MetaTensor) else positive
-        return positive.any(dim=axis, keepdim=True).expand_as(positive)
-    return np.broadcast_to(positive.any(axis=axis, keepdims=True), positive.shape)
+    return LungRegion(inplane=True, slices=False)(mask)
 
 
 class LungRegion:
