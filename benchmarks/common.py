@@ -174,6 +174,15 @@ def model_runner(
     return run
 
 
+def compile_seconds(network: torch.nn.Module, batch_size: int, size: int = 352) -> float:
+    """Seconds of the first call of ``network`` on a batch of ``batch_size`` 3-channel slices:
+    for a compiled network, its compilation (the eager network takes a fraction of a second)."""
+    start = time.perf_counter()
+    with torch.inference_mode():
+        network(torch.zeros(batch_size, 3, size, size))
+    return time.perf_counter() - start
+
+
 def interleaved(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, Timing]:
     """Median timings of several functions run in turn (``repeats`` rounds after one warm-up
     round), so that drifts of a shared machine hit them all alike."""
@@ -218,18 +227,24 @@ class PipelineRun:
 
 
 def pipeline_parts(
-    weights: Path, fast: bool = True, device: str = "cpu", batch_size: int | None = None, slice_crop: bool | None = None
+    weights: Path,
+    fast: bool = True,
+    device: str = "cpu",
+    batch_size: int | None = None,
+    slice_crop: bool | None = None,
+    compile: bool = False,
 ):
     """(network, preprocessing, postprocessing, inferer) as the CLI builds them; ``fast=False``
     gives the unoptimised fp32 path as before these optimisations (plain eval network, 3-channel
     volume, every slice inferred, MONAI's SliceInferer with 8 slices per call). ``slice_crop``
-    overrides the slice crop of either."""
+    overrides the slice crop of either; ``compile`` ``torch.compile``s the fast network (compiled
+    at its first call: see :func:`compile_seconds`)."""
     from monai.inferers import SliceInferer
 
     from infnet_monai.inference import load_network, slice_inferer
     from infnet_monai.transforms.chain import NETWORK_SIZE, ct_postprocessing, ct_preprocessing
 
-    network = load_network(weights, device, optimize=fast)
+    network = load_network(weights, device, optimize=fast, compile=compile and fast)
     pre = ct_preprocessing(slice_crop=fast if slice_crop is None else slice_crop, network_input=not fast)
     if fast:
         inferer = slice_inferer(batch_size, device)

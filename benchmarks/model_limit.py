@@ -11,8 +11,9 @@ Printed:
    in bf16 when the CPU has native bf16);
 2. the network alone (ms and slices/s, batch ``--batch-size``, default the library's) with the
    optimisations added one by one (plain eval, channels-last, BatchNorm folded = what the CLI
-   and the bundle load, TorchScript freezing, bf16 autocast), as GFLOP/s (27.7 GFLOP per
-   352x352 slice) and as time over the limit; then ms/slice by slices per call;
+   and the bundle load, TorchScript freezing, torch.compile with its compilation time and
+   break-even slice count, bf16 autocast), as GFLOP/s (27.7 GFLOP per 352x352 slice) and as
+   time over the limit; then ms/slice by slices per call;
 3. a 64-slice 512x512 volume end to end (file read to mask written) against the network alone
    on all its slices and on the slices it infers; then ``--volumes`` volumes through
    ``infnet-monai segment``'s library function with and without prefetching the next volume;
@@ -35,6 +36,7 @@ import torch
 
 from common import (
     DEFAULT_WORK_DIR,
+    compile_seconds,
     cpu_bf16_supported,
     interleaved,
     model_runner,
@@ -66,21 +68,27 @@ def matmul_gflops(n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.fl
     return flops / mm.wall, flops / one_dnn.wall
 
 
-def network_variants(weights: Path, bf16: bool) -> dict[str, tuple[torch.nn.Module, torch.dtype | None]]:
-    """The optimisations one by one: label -> (network, autocast dtype or None)."""
+def network_variants(
+    weights: Path, bf16: bool, batch: int
+) -> tuple[dict[str, tuple[torch.nn.Module, torch.dtype | None]], float]:
+    """The optimisations one by one: label -> (network, autocast dtype or None), and the seconds
+    that compiling the ``torch.compile`` variant took (for slice batches of ``batch``)."""
     from infnet_monai.inference import load_network
     from infnet_monai.networks.optimize import optimize_for_inference
 
     plain = load_network(weights, "cpu", optimize=False)
+    compiled = optimize_for_inference(plain, "cpu", compile=True)
+    compile_s = compile_seconds(compiled, batch)
     variants = {
         "plain eval fp32": (plain, None),
         "channels-last": (copy.deepcopy(plain).to(memory_format=torch.channels_last), None),
         "+ BatchNorm folded (default fp32)": (optimize_for_inference(plain, "cpu"), None),
         "+ TorchScript trace, frozen": (optimize_for_inference(plain, "cpu", script=True), None),
+        "+ torch.compile, frozen (long runs)": (compiled, None),
     }
     if bf16:
         variants["default + bf16 autocast (opt-in)"] = (variants["+ BatchNorm folded (default fp32)"][0], torch.bfloat16)
-    return variants
+    return variants, compile_s
 
 
 def main(argv=None) -> int:
@@ -117,7 +125,7 @@ def main(argv=None) -> int:
     parts_fast = pipeline_parts(weights, fast=True, batch_size=args.batch_size)
     batch = parts_fast[3].sw_batch_size
     slices = torch.rand(1, 352, 352, args.model_slices)
-    variants = network_variants(weights, bf16)
+    variants, compile_s = network_variants(weights, bf16, batch)
     times = interleaved({k: model_runner(net, slices, batch, dtype) for k, (net, dtype) in variants.items()}, args.repeats)
     print(f"\n2. network alone, {args.model_slices} slices of 352x352, batch {batch} (variants run in turn, "
           f"median of {args.repeats}):")
@@ -128,6 +136,10 @@ def main(argv=None) -> int:
         print(f"   {label:36s} {per_slice * 1000:8.0f} {1 / per_slice:8.2f} {GFLOP_PER_SLICE / per_slice:8.0f} "
               f"{per_slice * lim / GFLOP_PER_SLICE:8.2f}  {t.cpu / args.model_slices * 1000:12.0f}")
     print("   (x limit: time over the matmul limit of the same precision)")
+    saved = (times["+ BatchNorm folded (default fp32)"].wall - times["+ torch.compile, frozen (long runs)"].wall) / args.model_slices
+    print(f"   torch.compile: {compile_s:.0f} s of compilation (once per process), then {saved * 1000:.0f} ms saved per "
+          f"slice -> pays off after {compile_s / saved:.0f} slices" if saved > 0 else
+          f"   torch.compile: {compile_s:.0f} s of compilation and no faster per slice")
     if args.batch_sweep:
         sizes = [int(b) for b in args.batch_sweep.split(",")]
         sweep = interleaved({b: model_runner(parts_fast[0], slices, b) for b in sizes}, args.repeats)

@@ -9,7 +9,9 @@ Rows, all on the same volume with the same random weights:
   8 bits, resized to 352x352 with PIL bilinear, ImageNet-normalised, batch 1 through the plain
   eval network, the probabilities resized back with PIL bilinear and thresholded at 0.5;
 - pipeline, unoptimised fp32: the shared chain with the plain eval network, every slice;
-- pipeline, fast defaults: what the CLI and the bundle do without flags.
+- pipeline, fast defaults: what the CLI and the bundle do without flags;
+- pipeline, fast + torch.compile: what they do for runs of thousands of slices (``--compile
+  auto``); its one-off compilation is timed separately and left out of the per-volume time.
 
 Printed: seconds and slices/s (input slices over wall time, reading the file to writing the
 mask), the speed-up over the naive reference, model-only seconds over the inferred slices and the
@@ -35,6 +37,7 @@ from PIL import Image
 
 from common import (
     DEFAULT_WORK_DIR,
+    compile_seconds,
     bench_volume,
     dice,
     interleaved,
@@ -90,6 +93,7 @@ def main(argv=None) -> int:
     parser.add_argument("--memory-slices", type=int, default=600,
                         help="slices of the peak-memory volume (default 600; 0 skips the memory rows)")
     parser.add_argument("--skip-naive", action="store_true", help="leave out the naive reference")
+    parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile row")
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR, help="cache of volumes and weights")
     args = parser.parse_args(argv)
 
@@ -121,6 +125,16 @@ def main(argv=None) -> int:
         pipeline()  # the preprocessed slices for the model-only rows
         network, *_, inferer = parts
         fns[("model", fast)] = model_runner(network, last[fast].item["image"], inferer.sw_batch_size)
+    if not args.no_compile:
+        compiled_parts = pipeline_parts(weights, fast=True, batch_size=args.batch_size, compile=True)
+        compile_s = compile_seconds(compiled_parts[0], compiled_parts[3].sw_batch_size)
+
+        def compiled_pipeline() -> None:
+            last["compiled"] = run_pipeline(volume, compiled_parts, out)
+
+        fns["compiled"] = compiled_pipeline
+        labels["compiled"] = "pipeline, fast + torch.compile"
+        compiled_pipeline()
     t = interleaved(fns, args.repeats)
 
     print(f"\n{'':34s} {'wall s':>8s} {'slices/s':>9s} {'cpu s':>8s}  inferred  stages of the last run (pre / infer+post / save, s)")
@@ -130,8 +144,17 @@ def main(argv=None) -> int:
         inferred = run.inferred if run else args.slices
         print(f"{label:34s} {t[key].wall:8.2f} {args.slices / t[key].wall:9.2f} {t[key].cpu:8.2f}  {inferred:8d}  {stages}")
     print("  runs (wall s): " + "; ".join(f"{labels[k]}: {', '.join(f'{w:.1f}' for w in t[k].walls)}" for k in labels))
-    for key in [k for k in labels if k is not True]:
+    for key in [k for k in labels if k not in (True, "compiled")]:
         print(f"speed-up of the fast pipeline over the {labels[key]}: {t[key].wall / t[True].wall:.2f}x")
+    if "compiled" in labels:
+        gain = t[True].wall - t["compiled"].wall
+        over_naive = f"{t['naive'].wall / t['compiled'].wall:.2f}x the naive reference, " if "naive" in t else ""
+        print(f"fast + torch.compile: {over_naive}{t[True].wall / t['compiled'].wall:.2f}x the fast defaults, after "
+              f"{compile_s:.0f} s of compilation once per run"
+              + (f" (pays off after {compile_s / gain:.0f} volumes like this one)" if gain > 0 else ""))
+        compiled_mask = last["compiled"].mask
+        print(f"compiled vs fast masks: {int((compiled_mask != last[True].mask).sum())} voxels differ, "
+              f"Dice {dice(compiled_mask, last[True].mask):.6f}")
     for fast, (parts, setup) in runs.items():
         model, run, inferer = t[("model", fast)], last[fast], parts[-1]
         label = "fast defaults" if fast else "unoptimised fp32"

@@ -17,14 +17,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from monai.data import decollate_batch
+from monai.data import MetaTensor, decollate_batch
 from monai.inferers import SliceInferer
 from monai.transforms import Compose, SaveImage
 
 from infnet_monai.networks import InfNet, load_authors_checkpoint
 from infnet_monai.networks.optimize import optimize_for_inference
 from infnet_monai.transforms.chain import NETWORK_SIZE, network_input_batch
-from infnet_monai.transforms.io import expand_inputs
+from infnet_monai.transforms.io import estimated_slices, expand_inputs
 from infnet_monai.utils import AtomicNibabelWriter
 from infnet_monai.utils.geometry import axial_axis, voxel_volume_ml
 
@@ -33,6 +33,8 @@ __all__ = [
     "default_device",
     "require_weights",
     "load_network",
+    "COMPILE_MIN_SLICES",
+    "compile_pays_off",
     "default_batch_size",
     "PRECISIONS",
     "default_precision",
@@ -72,19 +74,52 @@ def require_weights(weights: str | Path | None) -> Path:
 
 
 def load_network(
-    weights: str | Path | None, device: str | torch.device | None = None, optimize: bool = True
+    weights: str | Path | None,
+    device: str | torch.device | None = None,
+    optimize: bool = True,
+    compile: bool = False,
 ) -> torch.nn.Module:
     """InfNet in eval mode with ``weights`` (a converted state dict or an authors' checkpoint).
 
     ``optimize``: return the inference-only copy of :func:`optimize_for_inference` (BatchNorm
-    folded, channels-last); False gives the plain eval ``InfNet``.
+    folded, channels-last); False gives the plain eval ``InfNet``. ``compile``: also
+    ``torch.compile`` it (worth it for long runs only: :func:`compile_pays_off`).
     """
     weights = require_weights(weights)
     device = default_device(device)
     net = load_authors_checkpoint(InfNet(), weights).eval()
     if optimize:
-        return optimize_for_inference(net, device, example_size=NETWORK_SIZE)
+        return optimize_for_inference(net, device, example_size=NETWORK_SIZE, compile=compile)
     return net.to(device)
+
+
+# Slices over which torch.compile pays back its compilation on a CPU: on the 2-core CPU of
+# benchmarks/RESULTS.md compiling takes 45-60 s and saves about 20-25 ms per 352x352 slice,
+# so it breaks even after 2,000-3,000 slices (30-50 volumes of 64 slices, 4-5 of 600).
+COMPILE_MIN_SLICES = 3000
+
+
+def compile_pays_off(
+    inputs: str | Path | Sequence[str | Path] | Sequence[dict], device: str | torch.device | None = None
+) -> bool:
+    """Whether a run over ``inputs`` (paths, globs, folders, or a ``[{"image": path}]`` datalist)
+    is long enough for ``torch.compile`` to pay back its compilation: on the CPU, at least
+    :data:`COMPILE_MIN_SLICES` axial slices in all (counted from the headers, no voxels read).
+    On a GPU compilation was not measured, so it is not turned on there."""
+    if default_device(device).type != "cpu":
+        return False
+    items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    paths = [i["image"] if isinstance(i, dict) else i for i in items]
+    try:
+        volumes = expand_inputs([str(p) for p in paths])
+    except Exception:  # noqa: BLE001 - bad inputs are reported when they are read
+        return False
+    total = 0
+    for path in volumes:
+        total += estimated_slices(path)
+        if total >= COMPILE_MIN_SLICES:
+            return True
+    return False
 
 
 def default_batch_size(device: str | torch.device | None = None) -> int:
@@ -226,6 +261,6 @@ def infer_volume(
         item = postprocessing(item)
     mask = item[pred_key]
     affine = np.asarray(mask.affine)
-    infected = float(mask.sum()) * voxel_volume_ml(affine)
+    infected = int(torch.count_nonzero(mask.as_tensor() if isinstance(mask, MetaTensor) else mask)) * voxel_volume_ml(affine)
     input_slices = int(mask.shape[1 + axial_axis(affine)])
     return VolumeResult(item, int(image.shape[-1]), time.perf_counter() - start, infected, input_slices)

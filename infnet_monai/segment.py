@@ -17,7 +17,15 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from infnet_monai.inference import default_device, infer_volume, load_network, mask_saver, slice_inferer
+from infnet_monai.inference import (
+    compile_pays_off,
+    default_device,
+    infer_volume,
+    load_network,
+    mask_saver,
+    require_weights,
+    slice_inferer,
+)
 from infnet_monai.transforms.chain import DEFAULT_WINDOW_HU, ct_postprocessing, ct_preprocessing
 from infnet_monai.transforms.io import CTInputError, expand_inputs
 from infnet_monai.utils.prefetch import prefetch_map
@@ -33,6 +41,8 @@ class SegmentOptions:
     network precision (None: fp32; "fp16"/"bf16" autocast). ``slice_crop``:
     infer only the slices near the lungs. ``prefetch``: preprocess the next volume during the
     current one's inference (None: on a GPU only; on a 2-core CPU both compete for the cores).
+    ``compile``: ``torch.compile`` the network (None: when the run is long enough to pay back
+    the compilation, :func:`~infnet_monai.inference.compile_pays_off`).
     """
 
     output_dir: Path
@@ -44,6 +54,7 @@ class SegmentOptions:
     lung_crop: bool = True
     slice_crop: bool = True
     prefetch: bool | None = None
+    compile: bool | None = None
     restrict_to_lung: bool = True
     threshold: float = 0.5
     save_prob: bool = False
@@ -99,7 +110,7 @@ def output_path(input_path: Path, output_dir: Path, postfix: str = "seg") -> Pat
 def segment_volumes(inputs: Sequence[str], opts: SegmentOptions) -> int:
     """Segment every volume in ``inputs``; returns the number of volumes that failed."""
     paths = expand_inputs(inputs)
-    network = load_network(opts.weights, opts.device)
+    require_weights(opts.weights)
     pre = ct_preprocessing(
         window=opts.window, lung_crop=opts.lung_crop, slice_crop=opts.slice_crop, series_uid=opts.series_uid,
         keep_lung_mask=opts.restrict_to_lung, network_input=False,
@@ -122,6 +133,8 @@ def segment_volumes(inputs: Sequence[str], opts: SegmentOptions) -> int:
             print(f"{target}: exists, kept; pass --overwrite to replace it", file=sys.stderr)
         else:
             todo.append(path)
+    compile = compile_pays_off(todo, opts.device) if opts.compile is None else opts.compile
+    network = load_network(opts.weights, opts.device, compile=compile)
     prefetch = default_device(opts.device).type == "cuda" if opts.prefetch is None else opts.prefetch
     volumes = prefetch_map(lambda p: pre({"image": str(p)}), todo, enabled=prefetch)
     for path, item in tqdm(volumes, total=len(todo), desc="volumes", unit="vol", disable=not opts.progress or len(todo) < 2):

@@ -1,5 +1,5 @@
 """Fast inference pieces give the same results as the plain ones: BatchNorm folding, the
-channels-last (and optional TorchScript) network, per-batch network input, slice crop to the lungs, the restricted
+channels-last (and optional TorchScript or torch.compile) network, per-batch network input, slice crop to the lungs, the restricted
 lung dilation and prefetching."""
 
 from __future__ import annotations
@@ -15,10 +15,17 @@ from monai.transforms import Compose, CropForegroundd
 from scipy import ndimage
 from torch import nn
 
-from infnet_monai.inference import default_precision, infer_volume, load_network, slice_inferer
+from infnet_monai.inference import (
+    COMPILE_MIN_SLICES,
+    compile_pays_off,
+    default_precision,
+    infer_volume,
+    load_network,
+    slice_inferer,
+)
 from infnet_monai.networks import InfNet
 from infnet_monai.networks.fuse import fold_batchnorm
-from infnet_monai.networks.optimize import optimize_for_inference
+from infnet_monai.networks.optimize import CompiledForInference, optimize_for_inference
 from infnet_monai.segment import SegmentOptions, segment_volumes
 from infnet_monai.transforms.chain import (
     ct_postprocessing,
@@ -26,6 +33,7 @@ from infnet_monai.transforms.chain import (
     network_input_batch,
     network_input_transforms,
 )
+from infnet_monai.transforms.io import estimated_slices
 from infnet_monai.transforms.lung import LungRegion, RestrictToLung, dilate_mm
 from infnet_monai.utils.prefetch import prefetch_map
 
@@ -291,3 +299,96 @@ def test_fp16_overflow_falls_back_to_fp32():
         half = slice_inferer(2, "cpu", precision="fp16")(volume, net)
     assert float(full.abs().max()) > 65504
     torch.testing.assert_close(half, full)
+
+
+def test_compiled_network_matches_eager_with_one_compilation(infnet):
+    from torch._dynamo.utils import counters
+
+    fast = optimize_for_inference(infnet, "cpu")
+    compiled = optimize_for_inference(infnet, "cpu", compile=True)
+    assert isinstance(compiled, CompiledForInference)
+    # the parameters are the wrapped network's, once (the compiled graph is not a submodule)
+    assert [n for n, _ in compiled.named_parameters()] == ["network." + n for n, _ in fast.named_parameters()]
+    x = torch.randn(5, 3, 64, 64)
+    graphs = counters["stats"]["unique_graphs"]
+    with torch.inference_mode():
+        ref = fast(x)
+        first = compiled(x[:2])  # fixes the batch at 2
+        last = compiled(x[2:3])  # padded to 2
+        split = compiled(x)  # 2 + 2 + 1
+    assert compiled.batch == 2 and not compiled.failed
+    assert counters["stats"]["unique_graphs"] - graphs == 1  # one compilation for all three
+    assert first.shape == (2, 1, 64, 64) and last.shape == (1, 1, 64, 64) and split.shape == (5, 1, 64, 64)
+    assert _close(first, ref[:2]) and _close(last, ref[2:3]) and _close(split, ref)
+
+
+def test_compile_failure_falls_back_to_the_eager_network(infnet):
+    fast = optimize_for_inference(infnet, "cpu")
+    compiled = optimize_for_inference(infnet, "cpu", compile=True)
+
+    def no_compiler(x):
+        raise RuntimeError("C++ compiler not found\ndetails")
+
+    compiled.compiled = no_compiler
+    x = torch.randn(1, 3, 32, 32)
+    with torch.inference_mode(), pytest.warns(UserWarning, match=r"torch.compile failed \(RuntimeError: C\+\+ compiler not found\)"):
+        out = compiled(x)
+    assert compiled.failed
+    with torch.inference_mode():
+        assert _close(out, fast(x)) and _close(compiled(x), fast(x))
+    with pytest.raises(ValueError, match="choose one of script"):
+        optimize_for_inference(infnet, "cpu", script=True, compile=True)
+
+
+def _blank_volume(path, slices: int, slice_axis: int = 2) -> None:
+    """int16 NIfTI of 4x4 voxels per slice, ``slices`` axial slices along ``slice_axis``."""
+    shape = [4, 4, 4]
+    shape[slice_axis] = slices
+    spacing = [0.8, 0.8, 0.8]
+    spacing[slice_axis] = 5.0
+    columns = np.roll(np.eye(3), slice_axis - 2, axis=1)  # world z along the array's slice axis
+    affine = np.eye(4)
+    affine[:3, :3] = columns * spacing
+    nib.save(nib.Nifti1Image(np.zeros(shape, np.int16), affine), str(path))
+
+
+def test_compile_pays_off_only_for_long_cpu_runs(tmp_path):
+    _blank_volume(tmp_path / "a.nii.gz", 2000)
+    _blank_volume(tmp_path / "b.nii.gz", COMPILE_MIN_SLICES - 2000, slice_axis=0)
+    assert estimated_slices(tmp_path / "a.nii.gz") == 2000
+    assert estimated_slices(tmp_path / "b.nii.gz") == COMPILE_MIN_SLICES - 2000
+    assert estimated_slices(tmp_path / "missing.nii.gz") == 0
+    assert not compile_pays_off(tmp_path / "a.nii.gz", "cpu")
+    assert compile_pays_off(tmp_path, "cpu")  # the folder: both volumes
+    assert compile_pays_off([{"image": str(tmp_path / "a.nii.gz")}, {"image": str(tmp_path / "b.nii.gz")}], "cpu")
+    assert not compile_pays_off(tmp_path, "cuda")  # not measured on GPUs: off there
+    assert not compile_pays_off(tmp_path / "nothing_here", "cpu")  # bad inputs are reported later
+
+
+def test_dicom_series_slices_estimated_from_the_file_count(dicom_series_dir):
+    assert estimated_slices(dicom_series_dir) == 64
+
+
+def test_segment_compiles_only_when_it_pays_off(weights, tmp_path, monkeypatch):  # noqa: F811
+    import infnet_monai.segment as segment
+
+    asked = []
+
+    def recording_load_network(*args, compile=False, **kwargs):
+        asked.append(compile)
+        return load_network(*args, **kwargs)
+
+    monkeypatch.setattr(segment, "load_network", recording_load_network)
+    _phantom_with_lung_free_slices(tmp_path / "case.nii.gz", seed=1)
+    for choice in (None, False):
+        opts = SegmentOptions(output_dir=tmp_path / f"out_{choice}", weights=str(weights), device="cpu",
+                              compile=choice, progress=False)
+        assert segment_volumes([str(tmp_path / "case.nii.gz")], opts) == 0
+    assert asked == [False, False]  # one short volume: auto leaves it uncompiled
+
+
+def test_compiled_network_reports_bad_input_like_the_eager_one(infnet):
+    compiled = optimize_for_inference(infnet, "cpu", compile=True)
+    with pytest.raises(ValueError, match="divisible by 32"):
+        compiled(torch.randn(1, 3, 40, 40))
+    assert not compiled.failed and compiled.batch is None  # nothing compiled yet

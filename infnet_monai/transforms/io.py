@@ -20,9 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import nibabel as nib
 import numpy as np
 import pydicom
 import SimpleITK as sitk
+import torch
 from monai.config import DtypeLike, KeysCollection, PathLike
 from monai.data import ImageReader, NibabelReader
 from monai.data.utils import orientation_ras_lps
@@ -32,6 +34,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
 from infnet_monai.utils.fast_gzip import register_fast_gzip
+from infnet_monai.utils.geometry import axial_axis
 
 __all__ = [
     "CTInputError",
@@ -42,6 +45,7 @@ __all__ = [
     "LoadCTd",
     "InputKind",
     "input_kind",
+    "estimated_slices",
     "expand_inputs",
 ]
 
@@ -98,6 +102,27 @@ def input_kind(path: PathLike) -> InputKind:
             return "unknown"
         return "dicom_file" if int(header.get("NumberOfFrames") or 1) > 1 else "dicom_slice"
     return "unknown"
+
+
+def estimated_slices(path: PathLike) -> int:
+    """Axial slices of the volume at ``path`` without reading its voxels: a NIfTI's size along
+    its slice axis (from the header's affine), a DICOM folder's file count, a multi-frame file's
+    frame count; 0 when unknown or unreadable (the reader reports bad files)."""
+    path = Path(path)
+    try:
+        kind = input_kind(path)
+        if kind == "nifti":
+            image = nib.load(str(path))
+            shape = image.shape
+            return int(shape[axial_axis(image.affine)]) if len(shape) >= 3 else 0
+        if kind == "dicom_folder":
+            return sum(1 for f in _folder_files(path) if _looks_dicom(f))
+        if kind == "dicom_file":
+            header = _read_header(path)
+            return int(header.get("NumberOfFrames") or 1) if header is not None else 0
+    except Exception:  # noqa: BLE001 - an estimate only: the reader reports bad files properly
+        return 0
+    return 0
 
 
 def _unknown_message(path: Path) -> str:
@@ -423,14 +448,13 @@ class CTReader(ImageReader):
             data, meta = self._nifti_data(img)
         else:
             data, meta = self._dicom_data(img)
-        data = data.astype(np.float32, order="K", copy=False)  # keeps the file's memory order: no transposing copy
-        n_bad = data.size - int(np.count_nonzero(np.isfinite(data)))
+        n_bad = 0 if np.issubdtype(data.dtype, np.integer) else data.size - int(np.count_nonzero(np.isfinite(data)))
         if n_bad:
             raise CTInputError(
                 f"{img.path}: {n_bad} voxel(s) are NaN or infinite; replace them (e.g. with -1024 HU) and save again"
             )
         meta[ImageMetaKey.FILENAME_OR_OBJ] = str(img.path)
-        return data, meta
+        return _float32_c_order(data), meta
 
     def _nifti_data(self, img: _CTImage) -> tuple[np.ndarray, dict]:
         try:
@@ -458,6 +482,26 @@ class CTReader(ImageReader):
         meta[MetaKeys.SPATIAL_SHAPE] = np.asarray(image.GetSize())
         meta[MetaKeys.ORIGINAL_CHANNEL_DIM] = float("nan")
         return sitk.GetArrayFromImage(image).T, meta  # (z, y, x) -> (i, j, k) = (x, y, z)
+
+
+def _float32_c_order(data: np.ndarray) -> np.ndarray:
+    """``data`` as a C-ordered float32 array in one pass (cast and transposing copy together).
+
+    ``LoadImage`` makes the array C-contiguous anyway; files store x fastest (Fortran order),
+    so casting and reordering separately would pass over the volume twice. torch's strided copy
+    runs on every intra-op thread.
+    """
+    data = np.asarray(data)
+    if data.dtype == np.float32 and data.flags.c_contiguous:
+        return data
+    if data.dtype.isnative and data.dtype.type in _TORCH_COPYABLE:
+        out = torch.empty(data.shape, dtype=torch.float32)
+        out.copy_(torch.from_numpy(data))
+        return out.numpy()
+    return data.astype(np.float32, order="C")  # byte-swapped or unsigned 16/32-bit files
+
+
+_TORCH_COPYABLE = (np.int8, np.uint8, np.int16, np.int32, np.int64, np.float16, np.float32, np.float64)
 
 
 # --------------------------------------------------------------------------------------------
