@@ -408,17 +408,26 @@ def _refine(labels_c: np.ndarray, air: np.ndarray, factors: Sequence[int]) -> np
     inner_c = ndimage.binary_erosion(labels_c > 0, structure=_INPLANE)
     grown_c = ndimage.grey_dilation(labels_c, footprint=_INPLANE)
     out = np.zeros(air.shape, dtype=np.uint8)
-    box = _bbox(_upsample(grown_c > 0, factors, air.shape), [0, 0, 0])
-    if box is None:
+    coarse_box = _bbox(grown_c > 0, [0, 0, 0])
+    if coarse_box is None:
         return out
-    inner = _upsample(inner_c, factors, air.shape)[box]
-    grown = _upsample(grown_c, factors, air.shape)[box]
+    # the full-resolution box of the coarse one; only it is upsampled
+    box = tuple(
+        slice(c.start * f, min(n, c.stop * f)) for c, f, n in zip(coarse_box[:2], factors, air.shape[:2])
+    ) + coarse_box[2:]
+    box_shape = [b.stop - b.start for b in box[:2]]
+
+    def upsampled(coarse: np.ndarray) -> np.ndarray:
+        return _upsample(coarse[coarse_box], factors, box_shape)
+
+    inner = upsampled(inner_c)
+    grown = upsampled(grown_c)
     band = (grown > 0) & ~inner & air[box]
     # band air must reach the lung within its slice (not e.g. an airway beyond a thin wall)
     comps, _ = ndimage.label(inner | band, structure=_INPLANE)
     reached = np.isin(comps, np.unique(comps[inner])) | ~inner.any(axis=(0, 1))
     region = out[box]
-    region[inner] = _upsample(labels_c, factors, air.shape)[box][inner]
+    region[inner] = upsampled(labels_c)[inner]
     region[band & reached] = grown[band & reached]
     for side in (RIGHT_LUNG, LEFT_LUNG):
         mask = out == side
