@@ -94,8 +94,9 @@ def load_network(
 
 
 # Slices over which torch.compile pays back its compilation on a CPU: on the 2-core CPU of
-# benchmarks/RESULTS.md compiling takes 45-60 s and saves about 20-25 ms per 352x352 slice,
-# so it breaks even after 2,000-3,000 slices (30-50 volumes of 64 slices, 4-5 of 600).
+# benchmarks/RESULTS.md compiling takes 11-15 s with Inductor's on-disk caches warm (40-60 s the
+# first time on a machine) and saves 7-12 ms per 352x352 slice, so it breaks even after about
+# 1,000-1,700 slices (warm); 3000 slices (50 volumes of 60 slices, 5 of 600) leave a margin.
 COMPILE_MIN_SLICES = 3000
 
 

@@ -15,8 +15,9 @@ eager folded channels-last network (see ``benchmarks/RESULTS.md``).
 
 ``compile=True`` wraps the network in ``torch.compile`` (Inductor with weight freezing: oneDNN
 convolutions with prepacked weights and fused ReLU/residual additions) for one fixed slice batch
-(:class:`CompiledForInference`). On that CPU it is about 20 % faster per slice but costs 45-60 s
-of compilation per process, so callers use it only for runs long enough to pay that back
+(:class:`CompiledForInference`). On that CPU it is 6-11 % faster per slice but costs 11-15 s of
+compilation per process (40-60 s the first time, before Inductor's on-disk caches are warm),
+so callers use it only for runs long enough to pay that back
 (:func:`infnet_monai.inference.compile_pays_off`).
 
 The outputs equal the original network's up to float rounding (relative 1e-5 on CPU).
