@@ -110,6 +110,12 @@ def _bbox(mask: np.ndarray, margin: Sequence[int]) -> tuple[slice, ...] | None:
     return tuple(box)
 
 
+def _box_intersection(a: tuple[slice, ...], b: tuple[slice, ...]) -> tuple[slice, ...]:
+    """The common part of two boxes of :func:`_bbox` (an empty slice on axes where they miss)."""
+    starts = [max(x.start, y.start) for x, y in zip(a, b)]
+    return tuple(slice(start, max(start, min(x.stop, y.stop))) for start, x, y in zip(starts, a, b))
+
+
 def _world_x(affine: np.ndarray, index: Sequence[np.ndarray]) -> np.ndarray:
     """World x (mm, + = patient's Right) of voxels given as index arrays."""
     return affine[0, 0] * index[0] + affine[0, 1] * index[1] + affine[0, 2] * index[2] + affine[0, 3]
@@ -657,7 +663,7 @@ class RestrictToLung(Transform):
         # beyond the lung's bounding box + margin everything is farther than dilation_mm
         near = _bbox(lung_np, margin)
         if near is not None:
-            near = tuple(slice(max(a.start, b.start), max(min(a.stop, b.stop), max(a.start, b.start))) for a, b in zip(box, near))
+            near = _box_intersection(box, near)
             outside[near] &= ~dilate_mm(lung_np[near], spacing, self.dilation_mm)
         out[(Ellipsis,) + box][..., convert_to_dst_type(outside[box], out, dtype=bool)[0]] = 0
         return out
