@@ -99,6 +99,16 @@ def _per_slice_fill(mask: np.ndarray) -> np.ndarray:
     return mask | ~open_region[labels]
 
 
+def _label_set(labels: np.ndarray, count: int, members: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Lookup table over the labels 0..``count`` of a labelling: True for ``members`` except the
+    background 0. ``table[labels]`` equals ``np.isin(labels, members) & (labels > 0)`` in one
+    gather instead of a sort."""
+    table = np.zeros(count + 1, dtype=bool)
+    table[np.asarray(members, dtype=np.intp)] = True
+    table[0] = False
+    return table
+
+
 def _bbox(mask: np.ndarray, margin: Sequence[int]) -> tuple[slice, ...] | None:
     """Bounding box of ``mask`` grown by ``margin`` voxels per axis (clipped), None if empty."""
     box = []
@@ -430,17 +440,23 @@ def _refine(labels_c: np.ndarray, air: np.ndarray, factors: Sequence[int]) -> np
     grown = upsampled(grown_c)
     band = (grown > 0) & ~inner & air[box]
     # band air must reach the lung within its slice (not e.g. an airway beyond a thin wall)
-    comps, _ = ndimage.label(inner | band, structure=_INPLANE)
-    reached = np.isin(comps, np.unique(comps[inner])) | ~inner.any(axis=(0, 1))
+    comps, n = ndimage.label(inner | band, structure=_INPLANE)
+    reached = _label_set(comps, n, comps[inner])[comps] | ~inner.any(axis=(0, 1))
     region = out[box]
-    region[inner] = upsampled(labels_c)[inner]
-    region[band & reached] = grown[band & reached]
+    np.copyto(region, upsampled(labels_c), where=inner)
+    np.copyto(region, grown, where=band & reached)
     for side in (RIGHT_LUNG, LEFT_LUNG):
-        mask = out == side
-        box = _bbox(mask, [1, 1, 0])
-        if box is not None:
-            region = out[box]
-            region[_per_slice_fill(mask[box]) & (region == 0)] = side
+        # out is zero outside box: the side's bounding box is found there, then grown by one
+        # voxel in-plane (so that background touching it is open) within the whole volume
+        side_box = _bbox(region == side, [0, 0, 0])
+        if side_box is None:
+            continue
+        side_box = tuple(
+            slice(max(0, b.start + o.start - m), min(size, b.stop + o.start + m))
+            for b, o, m, size in zip(side_box, box, (1, 1, 0), out.shape)
+        )
+        sub = out[side_box]
+        sub[_per_slice_fill(sub == side) & (sub == 0)] = side
     return out
 
 
@@ -496,9 +512,9 @@ def lung_labels(hu: np.ndarray, affine: np.ndarray, **params: float) -> np.ndarr
     candidates = air & body
     candidates &= ~_airway_mask(candidates, body, coarse_affine, p)
     # drop anything touching the in-plane border of the volume
-    comps, _ = ndimage.label(candidates)
-    border = np.unique(np.concatenate([comps[0].ravel(), comps[-1].ravel(), comps[:, 0].ravel(), comps[:, -1].ravel()]))
-    candidates &= ~np.isin(comps, border[border > 0])
+    comps, n = ndimage.label(candidates)
+    border = np.concatenate([comps[0].ravel(), comps[-1].ravel(), comps[:, 0].ravel(), comps[:, -1].ravel()])
+    candidates &= ~_label_set(comps, n, border)[comps]
 
     midline_x = _centroid_x(body, coarse_affine) if body.any() else None
     labels_c = label_sides(candidates, coarse_affine, midline_x, p.min_component_ml)
