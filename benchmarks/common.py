@@ -174,13 +174,28 @@ def model_runner(
     return run
 
 
-def compile_seconds(network: torch.nn.Module, batch_size: int, size: int = 352) -> float:
-    """Seconds of the first call of ``network`` on a batch of ``batch_size`` 3-channel slices:
-    for a compiled network, its compilation (the eager network takes a fraction of a second)."""
+def use_fresh_package_cache(work_dir: Path = DEFAULT_WORK_DIR) -> Path:
+    """Point the compiled-package cache of this process (and its children) at a new empty folder
+    under ``work_dir``, so that a package is built, and timed, by this benchmark run."""
+    from infnet_monai.networks.packaged import CACHE_ENV
+
+    Path(work_dir).mkdir(parents=True, exist_ok=True)
+    os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="package_cache_", dir=work_dir)
+    return Path(os.environ[CACHE_ENV])
+
+
+def package_seconds(weights: Path, batch_size: int) -> tuple[float, float]:
+    """(build, load) seconds of the compiled package for ``batch_size`` slices per call: the first
+    :func:`load_network` with ``compile=True`` (weights read, network exported and compiled), then
+    a second load that finds the package built (what every later run pays)."""
+    from infnet_monai.inference import load_network
+
     start = time.perf_counter()
-    with torch.inference_mode():
-        network(torch.zeros(batch_size, 3, size, size))
-    return time.perf_counter() - start
+    load_network(weights, "cpu", compile=True, batch_size=batch_size)
+    build = time.perf_counter() - start
+    start = time.perf_counter()
+    load_network(weights, "cpu", compile=None, batch_size=batch_size)
+    return build, time.perf_counter() - start
 
 
 def interleaved(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, Timing]:
@@ -237,14 +252,14 @@ def pipeline_parts(
     """(network, preprocessing, postprocessing, inferer) as the CLI builds them; ``fast=False``
     gives the unoptimised fp32 path as before these optimisations (plain eval network, 3-channel
     volume, every slice inferred, MONAI's SliceInferer with 8 slices per call). ``slice_crop``
-    overrides the slice crop of either; ``compile`` ``torch.compile``s the fast network (compiled
-    at its first call: see :func:`compile_seconds`)."""
+    overrides the slice crop of either; ``compile``: the fast network from its compiled package
+    (built if missing: see :func:`package_seconds`), else the eager one."""
     from monai.inferers import SliceInferer
 
     from infnet_monai.inference import load_network, slice_inferer
     from infnet_monai.transforms.chain import NETWORK_SIZE, ct_postprocessing, ct_preprocessing
 
-    network = load_network(weights, device, optimize=fast, compile=compile and fast)
+    network = load_network(weights, device, optimize=fast, compile=compile and fast, batch_size=batch_size)
     pre = ct_preprocessing(slice_crop=fast if slice_crop is None else slice_crop, network_input=not fast)
     if fast:
         inferer = slice_inferer(batch_size, device)
@@ -280,12 +295,16 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 # peak memory, one fresh process per configuration
 # ------------------------------------------------------------------------------------------
 def peak_memory_gb(
-    volume: Path, weights: Path, fast: bool = True, threads: int | None = None, slice_crop: bool | None = None
+    volume: Path, weights: Path, fast: bool = True, threads: int | None = None, slice_crop: bool | None = None,
+    compile: bool = False,
 ) -> dict:
-    """Peak resident memory (GB) and seconds of the whole pipeline on ``volume`` in a new process."""
+    """Peak resident memory (GB) and seconds of the whole pipeline on ``volume`` in a new process
+    (``compile``: the fast network from its compiled package, built before)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "peak", "--volume", str(volume), "--weights", str(weights)]
     if not fast:
         cmd.append("--plain")
+    if compile:
+        cmd.append("--compile")
     if slice_crop is not None:
         cmd.append("--slice-crop" if slice_crop else "--no-slice-crop")
     if threads:
@@ -308,7 +327,7 @@ def _high_water_gb() -> float:
 def _peak_main(args: argparse.Namespace) -> None:
     set_threads(args.threads)
     baseline = _high_water_gb()
-    parts = pipeline_parts(Path(args.weights), fast=not args.plain, slice_crop=args.slice_crop)
+    parts = pipeline_parts(Path(args.weights), fast=not args.plain, slice_crop=args.slice_crop, compile=args.compile)
     with tempfile.TemporaryDirectory() as out:
         run = run_pipeline(Path(args.volume), parts, Path(out))
     peak = _high_water_gb()
@@ -324,6 +343,7 @@ if __name__ == "__main__":
     parser.add_argument("--volume", required=True)
     parser.add_argument("--weights", required=True)
     parser.add_argument("--plain", action="store_true", help="unoptimised fp32 path")
+    parser.add_argument("--compile", action="store_true", help="the fast network from its compiled package")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--slice-crop", action=argparse.BooleanOptionalAction, default=None)
     _peak_main(parser.parse_args())

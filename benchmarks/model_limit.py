@@ -11,14 +11,20 @@ Printed:
    in bf16 when the CPU has native bf16);
 2. the network alone (ms and slices/s, batch ``--batch-size``, default the library's) with the
    optimisations added one by one (plain eval, channels-last, BatchNorm folded = what the CLI
-   and the bundle load, TorchScript freezing, torch.compile with its compilation time and
-   break-even slice count, bf16 autocast), as GFLOP/s (27.7 GFLOP per 352x352 slice) and as
-   time over the limit; then ms/slice by slices per call;
+   and the bundle load while no compiled package is built, TorchScript freezing, the compiled
+   package = what they load once it is built, with its build and load seconds and break-even
+   slice count, bf16 autocast), as GFLOP/s (27.7 GFLOP per 352x352 slice) and as time over the
+   limit; then ms/slice by slices per call and by threads;
 3. a 64-slice 512x512 volume end to end (file read to mask written) against the network alone
-   on all its slices and on the slices it infers; then ``--volumes`` volumes through
-   ``infnet-monai segment``'s library function with and without prefetching the next volume;
+   on all its slices and on the slices it infers, with the eager and with the packaged network;
+   then ``--volumes`` volumes through ``infnet-monai segment``'s library function with and
+   without prefetching the next volume;
 4. peak resident memory of the fast pipeline for 512x512 volumes of ``--memory-slices`` slices,
-   each in a fresh process, plus the 600-slice volume with every slice inferred.
+   each in a fresh process, plus the 600-slice volume with every slice inferred and with the
+   packaged network.
+
+The compiled package is built into a fresh cache folder under ``--work-dir`` by every run, so
+its build time is measured.
 
 Medians of ``--repeats`` runs; the load average is printed with the figures.
 """
@@ -36,7 +42,7 @@ import torch
 
 from common import (
     DEFAULT_WORK_DIR,
-    compile_seconds,
+    package_seconds,
     cpu_bf16_supported,
     interleaved,
     model_runner,
@@ -49,6 +55,7 @@ from common import (
     run_pipeline,
     set_threads,
     timed,
+    use_fresh_package_cache,
 )
 
 from infnet_monai.segment import SegmentOptions, segment_volumes  # noqa: E402
@@ -70,25 +77,24 @@ def matmul_gflops(n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.fl
 
 def network_variants(
     weights: Path, bf16: bool, batch: int
-) -> tuple[dict[str, tuple[torch.nn.Module, torch.dtype | None]], float]:
-    """The optimisations one by one: label -> (network, autocast dtype or None), and the seconds
-    that compiling the ``torch.compile`` variant took (for slice batches of ``batch``)."""
+) -> tuple[dict[str, tuple[torch.nn.Module, torch.dtype | None]], tuple[float, float]]:
+    """The optimisations one by one: label -> (network, autocast dtype or None), and the (build,
+    load) seconds of the compiled package (for slice batches of ``batch``)."""
     from infnet_monai.inference import load_network
     from infnet_monai.networks.optimize import optimize_for_inference
 
     plain = load_network(weights, "cpu", optimize=False)
-    compiled = optimize_for_inference(plain, "cpu", compile=True)
-    compile_s = compile_seconds(compiled, batch)
+    package_s = package_seconds(weights, batch)
     variants = {
         "plain eval fp32": (plain, None),
         "channels-last": (copy.deepcopy(plain).to(memory_format=torch.channels_last), None),
         "+ BatchNorm folded (default fp32)": (optimize_for_inference(plain, "cpu"), None),
         "+ TorchScript trace, frozen": (optimize_for_inference(plain, "cpu", script=True), None),
-        "+ torch.compile, frozen (long runs)": (compiled, None),
+        "+ compiled package (once built)": (load_network(weights, "cpu", compile=None, batch_size=batch), None),
     }
     if bf16:
         variants["default + bf16 autocast (opt-in)"] = (variants["+ BatchNorm folded (default fp32)"][0], torch.bfloat16)
-    return variants, compile_s
+    return variants, package_s
 
 
 def main(argv=None) -> int:
@@ -105,6 +111,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     threads = set_threads(args.threads)
+    use_fresh_package_cache(args.work_dir)
     weights = random_weights(args.work_dir)
     volume = bench_volume(64, args.work_dir)
     print(f"machine: {machine_line()}")
@@ -125,7 +132,7 @@ def main(argv=None) -> int:
     parts_fast = pipeline_parts(weights, fast=True, batch_size=args.batch_size)
     batch = parts_fast[3].sw_batch_size
     slices = torch.rand(1, 352, 352, args.model_slices)
-    variants, compile_s = network_variants(weights, bf16, batch)
+    variants, (build_s, load_s) = network_variants(weights, bf16, batch)
     times = interleaved({k: model_runner(net, slices, batch, dtype) for k, (net, dtype) in variants.items()}, args.repeats)
     print(f"\n2. network alone, {args.model_slices} slices of 352x352, batch {batch} (variants run in turn, "
           f"median of {args.repeats}):")
@@ -136,10 +143,12 @@ def main(argv=None) -> int:
         print(f"   {label:36s} {per_slice * 1000:8.0f} {1 / per_slice:8.2f} {GFLOP_PER_SLICE / per_slice:8.0f} "
               f"{per_slice * lim / GFLOP_PER_SLICE:8.2f}  {t.cpu / args.model_slices * 1000:12.0f}")
     print("   (x limit: time over the matmul limit of the same precision)")
-    saved = (times["+ BatchNorm folded (default fp32)"].wall - times["+ torch.compile, frozen (long runs)"].wall) / args.model_slices
-    print(f"   torch.compile: {compile_s:.0f} s of compilation (once per process), then {saved * 1000:.0f} ms saved per "
-          f"slice -> pays off after {compile_s / saved:.0f} slices" if saved > 0 else
-          f"   torch.compile: {compile_s:.0f} s of compilation and no faster per slice")
+    eager_ms = times["+ BatchNorm folded (default fp32)"].wall / args.model_slices * 1000
+    saved = eager_ms - times["+ compiled package (once built)"].wall / args.model_slices * 1000
+    print(f"   compiled package: built once per machine in {build_s:.0f} s, then loaded in {load_s:.2f} s per process "
+          f"(the eager network's weights load is part of both); {saved:.0f} ms saved per slice ("
+          f"{eager_ms / (eager_ms - saved):.2f}x)" + (f" -> the build pays off after {build_s / saved * 1000:.0f} slices"
+                                                      if saved > 0 else ""))
     if args.batch_sweep:
         sizes = [int(b) for b in args.batch_sweep.split(",")]
         sweep = interleaved({b: model_runner(parts_fast[0], slices, b) for b in sizes}, args.repeats)
@@ -165,30 +174,33 @@ def main(argv=None) -> int:
               f"{', '.join(f'{n}: {t.wall / args.model_slices * 1000:.0f}' for n, t in by_threads.items())}")
     print(f"   load average {os.getloadavg()[0]:.2f}")
 
-    print("\n3. 64-slice 512x512 volume, fast defaults (end to end and the network alone run in turn):")
+    print("\n3. 64-slice 512x512 volume, fast defaults, eager network and compiled package (end to end and the "
+          "network alone, all run in turn):")
+    parts_packaged = pipeline_parts(weights, fast=True, batch_size=args.batch_size, compile=True)
     with tempfile.TemporaryDirectory() as out:
-        last = {}
+        last, fns = {}, {}
+        for name, parts in (("eager", parts_fast), ("package", parts_packaged)):
+            def end_to_end(name=name, parts=parts) -> None:
+                last[name] = run_pipeline(volume, parts, Path(out))
 
-        def end_to_end() -> None:
-            last["run"] = run_pipeline(volume, parts_fast, Path(out))
-
-        end_to_end()
-        run = last["run"]
-        all_slices = torch.rand(1, 352, 352, run.slices)
-        t = interleaved({
-            "e2e": end_to_end,
-            "all": model_runner(parts_fast[0], all_slices, batch),
-            "inferred": model_runner(parts_fast[0], run.item["image"], batch),
-        }, args.repeats)
-    run = last["run"]
-    print(f"   end to end {t['e2e']} -> {run.slices / t['e2e'].wall:.2f} slices/s; stages of the last run: pre "
-          f"{run.preprocess:.2f} / infer+post {run.infer_post:.2f} / save {run.save:.2f} s; {run.inferred} of "
-          f"{run.slices} slices inferred (the others hold no lung)")
-    print(f"   network alone on all {run.slices} slices {t['all']}: end-to-end / model-only "
-          f"{t['e2e'].wall / t['all'].wall:.2f}")
-    print(f"   network alone on the {run.inferred} inferred slices {t['inferred']}: end-to-end / model-only "
-          f"{t['e2e'].wall / t['inferred'].wall:.2f}; time outside the network {t['e2e'].wall - t['inferred'].wall:.2f} s "
-          f"({1 - t['inferred'].wall / t['e2e'].wall:.0%})")
+            end_to_end()
+            run = last[name]
+            fns[("e2e", name)] = end_to_end
+            fns[("all", name)] = model_runner(parts[0], torch.rand(1, 352, 352, run.slices), batch)
+            fns[("inferred", name)] = model_runner(parts[0], run.item["image"], batch)
+        t = interleaved(fns, args.repeats)
+    for name in ("eager", "package"):
+        run, e2e, every, inferred = last[name], t[("e2e", name)], t[("all", name)], t[("inferred", name)]
+        print(f"   {name}: end to end {e2e} -> {run.slices / e2e.wall:.2f} slices/s; stages of the last run: pre "
+              f"{run.preprocess:.2f} / infer+post {run.infer_post:.2f} / save {run.save:.2f} s; {run.inferred} of "
+              f"{run.slices} slices inferred (the others hold no lung)")
+        print(f"   {name}: network alone on all {run.slices} slices {every}: end-to-end / model-only "
+              f"{e2e.wall / every.wall:.2f}")
+        print(f"   {name}: network alone on the {run.inferred} inferred slices {inferred}: end-to-end / model-only "
+              f"{e2e.wall / inferred.wall:.2f}; time outside the network {e2e.wall - inferred.wall:.2f} s "
+              f"({1 - inferred.wall / e2e.wall:.0%})")
+    differ = int((last["package"].mask != last["eager"].mask).sum())
+    print(f"   packaged vs eager masks: {differ} of {last['eager'].mask.size} voxels differ")
     print(f"   load average {os.getloadavg()[0]:.2f}")
 
     if args.volumes:
@@ -216,6 +228,8 @@ def main(argv=None) -> int:
         peak = peak_memory_gb(biggest, weights, threads=args.threads, slice_crop=False)
         print(f"   512x512x{max(counts)}, every slice inferred (--no-slice-crop): {peak['peak_gb']:.2f} GB "
               f"({peak['seconds']:.0f} s)")
+        peak = peak_memory_gb(biggest, weights, threads=args.threads, compile=True)
+        print(f"   512x512x{max(counts)}, compiled package: {peak['peak_gb']:.2f} GB ({peak['seconds']:.0f} s)")
     return 0
 
 

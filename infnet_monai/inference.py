@@ -20,13 +20,17 @@ import torch
 from monai.data import MetaTensor, decollate_batch
 from monai.inferers import SliceInferer
 from monai.transforms import Compose, SaveImage
+from monai.utils import BlendMode, convert_to_dst_type, ensure_tuple, optional_import
 
 from infnet_monai.networks import InfNet, load_authors_checkpoint
 from infnet_monai.networks.optimize import optimize_for_inference
+from infnet_monai.networks.packaged import packaged_network
 from infnet_monai.transforms.chain import NETWORK_SIZE, network_input_batch
 from infnet_monai.transforms.io import estimated_slices, expand_inputs
 from infnet_monai.utils import AtomicNibabelWriter
 from infnet_monai.utils.geometry import axial_axis, voxel_volume_ml
+
+tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
 
 __all__ = [
     "MissingWeightsError",
@@ -35,6 +39,7 @@ __all__ = [
     "load_network",
     "COMPILE_MIN_SLICES",
     "compile_pays_off",
+    "compile_choice",
     "default_batch_size",
     "PRECISIONS",
     "default_precision",
@@ -77,36 +82,47 @@ def load_network(
     weights: str | Path | None,
     device: str | torch.device | None = None,
     optimize: bool = True,
-    compile: bool = False,
+    compile: bool | None = None,
+    batch_size: int | None = None,
 ) -> torch.nn.Module:
     """InfNet in eval mode with ``weights`` (a converted state dict or an authors' checkpoint).
 
     ``optimize``: return the inference-only copy of :func:`optimize_for_inference` (BatchNorm
-    folded, channels-last); False gives the plain eval ``InfNet``. ``compile``: also
-    ``torch.compile`` it (worth it for long runs only: :func:`compile_pays_off`).
+    folded, channels-last); False gives the plain eval ``InfNet``. ``compile`` (CPU, with
+    ``optimize``): run it from its ahead-of-time compiled package for ``batch_size`` slices per
+    call (default :func:`default_batch_size`; :mod:`infnet_monai.networks.packaged`): None uses
+    a package built before on this machine, True also builds it when missing (30-60 s, worth it
+    for long runs: :func:`compile_choice`), False never.
     """
     weights = require_weights(weights)
     device = default_device(device)
-    net = load_authors_checkpoint(InfNet(), weights).eval()
-    if optimize:
-        return optimize_for_inference(net, device, example_size=NETWORK_SIZE, compile=compile)
-    return net.to(device)
+    if compile and (device.type != "cpu" or not optimize):
+        raise ValueError(f"compiled networks are built for the CPU with optimize=True (got device {device}); "
+                         "use --device cpu or --compile off")
+
+    def eager() -> torch.nn.Module:
+        net = load_authors_checkpoint(InfNet(), weights).eval()
+        return optimize_for_inference(net, device, example_size=NETWORK_SIZE) if optimize else net.to(device)
+
+    if compile is False or device.type != "cpu" or not optimize:
+        return eager()
+    return packaged_network(weights, eager, batch_size or default_batch_size(device), NETWORK_SIZE, build=compile)
 
 
-# Slices over which torch.compile pays back its compilation on a CPU: on the 2-core CPU of
-# benchmarks/RESULTS.md compiling takes 11-15 s with Inductor's on-disk caches warm (40-60 s the
-# first time on a machine) and saves 7-12 ms per 352x352 slice, so it breaks even after about
-# 1,000-1,700 slices (warm); 3000 slices (50 volumes of 60 slices, 5 of 600) leave a margin.
-COMPILE_MIN_SLICES = 3000
+# Slices over which building the compiled package pays for itself within one CPU run: on the
+# 2-core CPU of benchmarks/RESULTS.md a build takes 30-60 s and the package saves about 25 ms per
+# 352x352 slice, so a build is repaid after 1,200-2,400 slices; later runs load the package in
+# about a second and gain from the first slice.
+COMPILE_MIN_SLICES = 2000
 
 
 def compile_pays_off(
     inputs: str | Path | Sequence[str | Path] | Sequence[dict], device: str | torch.device | None = None
 ) -> bool:
     """Whether a run over ``inputs`` (paths, globs, folders, or a ``[{"image": path}]`` datalist)
-    is long enough for ``torch.compile`` to pay back its compilation: on the CPU, at least
+    is long enough to pay back building the compiled package: on the CPU, at least
     :data:`COMPILE_MIN_SLICES` axial slices in all (counted from the headers, no voxels read).
-    On a GPU compilation was not measured, so it is not turned on there."""
+    Packages are CPU-only, so never on a GPU."""
     if default_device(device).type != "cpu":
         return False
     items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
@@ -121,6 +137,19 @@ def compile_pays_off(
         if total >= COMPILE_MIN_SLICES:
             return True
     return False
+
+
+def compile_choice(
+    inputs: str | Path | Sequence[str | Path] | Sequence[dict],
+    device: str | torch.device | None = None,
+    precision: str | None = None,
+) -> bool | None:
+    """``compile`` for :func:`load_network` without flags: True (build the compiled package if
+    missing) when the run pays back a build (:func:`compile_pays_off`), else None (use a
+    package built before, if any); False for reduced ``precision`` (packages run fp32)."""
+    if (precision or "fp32") != "fp32":
+        return False
+    return True if compile_pays_off(inputs, device) else None
 
 
 def default_batch_size(device: str | torch.device | None = None) -> int:
@@ -153,6 +182,12 @@ class InfNetSliceInferer(SliceInferer):
     ``precision`` (``"fp32"``, ``"fp16"``, ``"bf16"``): the network runs under autocast to that
     dtype on ``sw_device`` (fp32 accumulation); a batch whose reduced-precision logits are not
     finite (fp16 overflow) is run again in fp32. The logits come back as float32.
+
+    When the slices are exactly the window (``(N, C, *roi_size, Z)`` with the slice axis last:
+    what the preprocessing gives) with constant blending and no extra network arguments, each
+    window is one slice and the sliding-window bookkeeping (window gathering, weight and count
+    maps) reduces to writing each slice batch's output in place: that case runs the batches
+    directly, with the same values, dtype and meta data as the sliding window.
     """
 
     def __init__(self, *args, precision: str = "fp32", **kwargs) -> None:
@@ -161,22 +196,48 @@ class InfNetSliceInferer(SliceInferer):
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.precision = precision
 
-    def network_wrapper(self, network: Callable, x: torch.Tensor, *args, **kwargs):
+    def _run(self, network: Callable, slices: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """``network`` on a slice batch ``(B, 1 or 3, H, W)`` in this inferer's precision."""
         dtype = PRECISIONS[self.precision]
-        device_type = torch.device(self.sw_device or x.device).type
+        inputs = network_input_batch(slices)
+        if dtype is None:
+            return network(inputs, *args, **kwargs)
+        device_type = torch.device(self.sw_device or slices.device).type
+        with torch.autocast(device_type, dtype=dtype):
+            out = network(inputs, *args, **kwargs)
+        if not bool(torch.isfinite(out).all()):
+            with torch.autocast(device_type, enabled=False):
+                out = network(inputs.float(), *args, **kwargs)
+        return out.float()
 
-        def with_network_input(slices: torch.Tensor, *a, **k):
-            inputs = network_input_batch(slices)
-            if dtype is None:
-                return network(inputs, *a, **k)
-            with torch.autocast(device_type, dtype=dtype):
-                out = network(inputs, *a, **k)
-            if not bool(torch.isfinite(out).all()):
-                with torch.autocast(device_type, enabled=False):
-                    out = network(inputs.float(), *a, **k)
-            return out.float()
+    def network_wrapper(self, network: Callable, x: torch.Tensor, *args, **kwargs):
+        return super().network_wrapper(lambda slices, *a, **k: self._run(network, slices, *a, **k), x, *args, **kwargs)
 
-        return super().network_wrapper(with_network_input, x, *args, **kwargs)
+    def _slices_are_windows(self, inputs: torch.Tensor, args: tuple, kwargs: dict) -> bool:
+        return (
+            not args and not kwargs and inputs.dim() == 5 and self.spatial_dim == 2
+            and tuple(inputs.shape[2:4]) == tuple(ensure_tuple(self.orig_roi_size))
+            and BlendMode(self.mode) == BlendMode.CONSTANT
+        )
+
+    def __call__(self, inputs: torch.Tensor, network: Callable, *args, **kwargs):
+        if not self._slices_are_windows(inputs, args, kwargs):
+            return super().__call__(inputs, network, *args, **kwargs)
+        device = self.device or inputs.device
+        sw_device = self.sw_device or inputs.device
+        meta = MetaTensor([]).copy_meta_from(inputs, copy_attr=False) if isinstance(inputs, MetaTensor) else None
+        volume = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
+        n, _, height, width, depth = volume.shape
+        slices = volume.permute(0, 4, 1, 2, 3).reshape(n * depth, -1, height, width)  # (N*Z, C, H, W)
+        output = None
+        starts = range(0, n * depth, self.sw_batch_size)
+        for start in tqdm(starts) if self.progress and has_tqdm else starts:
+            out = self._run(network, slices[start : start + self.sw_batch_size].to(sw_device))
+            if output is None:
+                output = torch.empty((n * depth, *out.shape[1:]), dtype=out.dtype, device=device)
+            output[start : start + out.shape[0]] = out.to(device)
+        output = output.reshape(n, depth, *output.shape[1:]).permute(0, 2, 3, 4, 1)  # (N, C_out, H, W, Z)
+        return convert_to_dst_type(output, meta if meta is not None else inputs, device=device)[0]
 
 
 def slice_inferer(

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from infnet_monai.inference import (
-    compile_pays_off,
+    compile_choice,
     default_device,
     infer_volume,
     load_network,
@@ -41,8 +41,9 @@ class SegmentOptions:
     network precision (None: fp32; "fp16"/"bf16" autocast). ``slice_crop``:
     infer only the slices near the lungs. ``prefetch``: preprocess the next volume during the
     current one's inference (None: on a GPU only; on a 2-core CPU both compete for the cores).
-    ``compile``: ``torch.compile`` the network (None: when the run is long enough to pay back
-    the compilation, :func:`~infnet_monai.inference.compile_pays_off`).
+    ``compile`` (CPU, fp32): run the network from its compiled package, True building it when
+    missing, False never; None: a package built before is used, and one is built when the run is
+    long enough to pay back the build (:func:`~infnet_monai.inference.compile_choice`).
     """
 
     output_dir: Path
@@ -133,8 +134,10 @@ def segment_volumes(inputs: Sequence[str], opts: SegmentOptions) -> int:
             print(f"{target}: exists, kept; pass --overwrite to replace it", file=sys.stderr)
         else:
             todo.append(path)
-    compile = compile_pays_off(todo, opts.device) if opts.compile is None else opts.compile
-    network = load_network(opts.weights, opts.device, compile=compile)
+    if opts.compile and (opts.precision or "fp32") != "fp32":
+        raise ValueError(f"--compile on runs the network in fp32; leave out --precision {opts.precision} or use --compile off")
+    compile = compile_choice(todo, opts.device, opts.precision) if opts.compile is None else opts.compile
+    network = load_network(opts.weights, opts.device, compile=compile, batch_size=opts.batch_size)
     prefetch = default_device(opts.device).type == "cuda" if opts.prefetch is None else opts.prefetch
     volumes = prefetch_map(lambda p: pre({"image": str(p)}), todo, enabled=prefetch)
     for path, item in tqdm(volumes, total=len(todo), desc="volumes", unit="vol", disable=not opts.progress or len(todo) < 2):

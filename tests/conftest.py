@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,9 @@ SHARED = Path(os.environ.get("INFNET_SHARED", REPO_ROOT.parent / "shared"))
 BUNDLE_DIR = REPO_ROOT / "bundles" / "covid19_lung_infection_ct_segmentation"
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# compiled network packages go to a throw-away cache, never the user's (subprocesses inherit it)
+os.environ["INFNET_MONAI_CACHE"] = tempfile.mkdtemp(prefix="infnet_monai_test_cache_")
 
 
 def _shared_path(*parts: str) -> Path:

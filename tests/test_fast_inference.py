@@ -1,9 +1,10 @@
 """Fast inference pieces give the same results as the plain ones: BatchNorm folding, the
-channels-last (and optional TorchScript or torch.compile) network, per-batch network input, slice crop to the lungs, the restricted
-lung dilation and prefetching."""
+channels-last (and optional TorchScript) network, the compiled network package, per-batch network
+input, slice crop to the lungs, the restricted lung dilation and prefetching."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 
 import nibabel as nib
@@ -11,12 +12,14 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
+from monai.inferers import SliceInferer
 from monai.transforms import Compose, CropForegroundd
 from scipy import ndimage
 from torch import nn
 
 from infnet_monai.inference import (
     COMPILE_MIN_SLICES,
+    compile_choice,
     compile_pays_off,
     default_precision,
     infer_volume,
@@ -25,7 +28,9 @@ from infnet_monai.inference import (
 )
 from infnet_monai.networks import InfNet
 from infnet_monai.networks.fuse import fold_batchnorm
-from infnet_monai.networks.optimize import CompiledForInference, optimize_for_inference
+from infnet_monai.networks import packaged
+from infnet_monai.networks.optimize import optimize_for_inference
+from infnet_monai.networks.packaged import PackagedNetwork, package_path, packaged_network
 from infnet_monai.segment import SegmentOptions, segment_volumes
 from infnet_monai.transforms.chain import (
     ct_postprocessing,
@@ -301,43 +306,111 @@ def test_fp16_overflow_falls_back_to_fp32():
     torch.testing.assert_close(half, full)
 
 
-def test_compiled_network_matches_eager_with_one_compilation(infnet):
-    from torch._dynamo.utils import counters
+class _Maker:
+    """``make_network`` for :func:`packaged_network` that counts its calls."""
 
+    def __init__(self, network: nn.Module) -> None:
+        self.network, self.calls = network, 0
+
+    def __call__(self) -> nn.Module:
+        self.calls += 1
+        return self.network
+
+
+PACKAGE_SIZE = 64  # slice size of the test packages (compiling takes as long as at 352)
+
+
+@pytest.fixture(scope="module")
+def package_weights(infnet, tmp_path_factory):
+    """The weights file of ``infnet`` and its package for (2, 3, 64, 64) slices, built once."""
+    if not shutil.which("c++") and not shutil.which("g++"):
+        pytest.skip("no C++ compiler: compiled packages cannot be built here")
+    weights = tmp_path_factory.mktemp("package") / "infnet.pt"
+    torch.save(infnet.state_dict(), weights)
     fast = optimize_for_inference(infnet, "cpu")
-    compiled = optimize_for_inference(infnet, "cpu", compile=True)
-    assert isinstance(compiled, CompiledForInference)
-    # the parameters are the wrapped network's, once (the compiled graph is not a submodule)
-    assert [n for n, _ in compiled.named_parameters()] == ["network." + n for n, _ in fast.named_parameters()]
-    x = torch.randn(5, 3, 64, 64)
-    graphs = counters["stats"]["unique_graphs"]
+    maker = _Maker(fast)
+    built = packaged_network(weights, maker, 2, PACKAGE_SIZE, build=True)
+    assert isinstance(built, PackagedNetwork) and maker.calls == 1  # the network to compile
+    assert package_path(weights, 2, PACKAGE_SIZE).is_file()
+    return weights, fast
+
+
+def test_package_matches_the_eager_network_without_loading_it(package_weights):
+    weights, fast = package_weights
+    maker = _Maker(fast)
+    net = packaged_network(weights, maker, 2, PACKAGE_SIZE, build=False)  # the package built before
+    assert isinstance(net, PackagedNetwork) and maker.calls == 0  # the eager network is not even made
+    assert list(net.parameters()) == []  # the package holds its weights
+    x = torch.randn(5, 3, PACKAGE_SIZE, PACKAGE_SIZE)
     with torch.inference_mode():
         ref = fast(x)
-        first = compiled(x[:2])  # fixes the batch at 2
-        last = compiled(x[2:3])  # padded to 2
-        split = compiled(x)  # 2 + 2 + 1
-    assert compiled.batch == 2 and not compiled.failed
-    assert counters["stats"]["unique_graphs"] - graphs == 1  # one compilation for all three
-    assert first.shape == (2, 1, 64, 64) and last.shape == (1, 1, 64, 64) and split.shape == (5, 1, 64, 64)
-    assert _close(first, ref[:2]) and _close(last, ref[2:3]) and _close(split, ref)
+        pair, single, split = net(x[:2]), net(x[2:3]), net(x)  # 2, 1 padded to 2, 2 + 2 + 1
+        nchw = net(x[:2].contiguous())  # the layout does not matter
+    assert maker.calls == 0
+    assert pair.shape == (2, 1, PACKAGE_SIZE, PACKAGE_SIZE) and single.shape == (1, 1, PACKAGE_SIZE, PACKAGE_SIZE)
+    assert split.shape == (5, 1, PACKAGE_SIZE, PACKAGE_SIZE)
+    assert _close(pair, ref[:2]) and _close(single, ref[2:3]) and _close(split, ref) and _close(nchw, ref[:2])
+    assert not torch.equal(split, torch.zeros_like(split))
 
 
-def test_compile_failure_falls_back_to_the_eager_network(infnet):
+def test_package_leaves_other_inputs_to_the_eager_network(package_weights):
+    weights, fast = package_weights
+    maker = _Maker(fast)
+    net = packaged_network(weights, maker, 2, PACKAGE_SIZE, build=False)
+    with torch.inference_mode():
+        other_size = torch.randn(1, 3, 96, 96)
+        assert _close(net(other_size), fast(other_size))  # not the package's slice size
+        assert maker.calls == 1
+        with pytest.raises(ValueError, match="divisible by 32"):  # bad input: the network's own error
+            net(torch.randn(1, 3, 40, 40))
+        x = torch.randn(2, 3, PACKAGE_SIZE, PACKAGE_SIZE)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # reduced precision runs the eager network
+            half = net(x)
+        assert half.dtype == torch.bfloat16
+    assert maker.calls == 1  # made once, then kept
+
+
+def test_package_is_keyed_by_weights_batch_and_size(package_weights, tmp_path):
+    weights, fast = package_weights
+    path = package_path(weights, 2, PACKAGE_SIZE)
+    assert path.parent == packaged.package_dir() and path.suffix == ".pt2"
+    assert package_path(weights, 4, PACKAGE_SIZE) != path and package_path(weights, 2, 352) != path
+    other = tmp_path / "other.pt"
+    state = fast.state_dict()
+    state[next(iter(state))] = state[next(iter(state))] + 1
+    torch.save(state, other)
+    assert package_path(other, 2, PACKAGE_SIZE) != path
+    maker = _Maker(fast)
+    assert packaged_network(other, maker, 2, PACKAGE_SIZE, build=False) is fast  # none built for them
+    assert maker.calls == 1
+
+
+def test_failed_build_or_load_falls_back_to_the_eager_network(infnet, tmp_path, monkeypatch):
+    weights = tmp_path / "w.pt"
+    torch.save(infnet.state_dict(), weights)
     fast = optimize_for_inference(infnet, "cpu")
-    compiled = optimize_for_inference(infnet, "cpu", compile=True)
 
-    def no_compiler(x):
+    def no_compiler(*args, **kwargs):
         raise RuntimeError("C++ compiler not found\ndetails")
 
-    compiled.compiled = no_compiler
-    x = torch.randn(1, 3, 32, 32)
-    with torch.inference_mode(), pytest.warns(UserWarning, match=r"torch.compile failed \(RuntimeError: C\+\+ compiler not found\)"):
-        out = compiled(x)
-    assert compiled.failed
-    with torch.inference_mode():
-        assert _close(out, fast(x)) and _close(compiled(x), fast(x))
-    with pytest.raises(ValueError, match="choose one of script"):
-        optimize_for_inference(infnet, "cpu", script=True, compile=True)
+    with monkeypatch.context() as m:
+        m.setattr(packaged, "build_package", no_compiler)
+        with pytest.warns(UserWarning, match=r"building the compiled network failed \(RuntimeError: C\+\+ compiler not found\)"):
+            assert packaged_network(weights, _Maker(fast), 2, PACKAGE_SIZE, build=True) is fast
+    path = package_path(weights, 2, PACKAGE_SIZE)
+    assert not path.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"not a package")
+    with pytest.warns(UserWarning, match="compiled network could not be loaded.*delete the file to rebuild it"):
+        assert packaged_network(weights, _Maker(fast), 2, PACKAGE_SIZE, build=False) is fast
+
+
+def test_load_network_compiles_only_on_the_cpu(weights):  # noqa: F811
+    with pytest.raises(ValueError, match="built for the CPU"):
+        load_network(weights, "cuda", compile=True)
+    with pytest.raises(ValueError, match="built for the CPU"):
+        load_network(weights, "cpu", optimize=False, compile=True)
+    assert not isinstance(load_network(weights, "cpu"), PackagedNetwork)  # none built: the eager network
 
 
 def _blank_volume(path, slices: int, slice_axis: int = 2) -> None:
@@ -353,16 +426,19 @@ def _blank_volume(path, slices: int, slice_axis: int = 2) -> None:
 
 
 def test_compile_pays_off_only_for_long_cpu_runs(tmp_path):
-    _blank_volume(tmp_path / "a.nii.gz", 2000)
-    _blank_volume(tmp_path / "b.nii.gz", COMPILE_MIN_SLICES - 2000, slice_axis=0)
-    assert estimated_slices(tmp_path / "a.nii.gz") == 2000
-    assert estimated_slices(tmp_path / "b.nii.gz") == COMPILE_MIN_SLICES - 2000
+    _blank_volume(tmp_path / "a.nii.gz", COMPILE_MIN_SLICES - 600)
+    _blank_volume(tmp_path / "b.nii.gz", 600, slice_axis=0)
+    assert estimated_slices(tmp_path / "a.nii.gz") == COMPILE_MIN_SLICES - 600
+    assert estimated_slices(tmp_path / "b.nii.gz") == 600
     assert estimated_slices(tmp_path / "missing.nii.gz") == 0
     assert not compile_pays_off(tmp_path / "a.nii.gz", "cpu")
     assert compile_pays_off(tmp_path, "cpu")  # the folder: both volumes
     assert compile_pays_off([{"image": str(tmp_path / "a.nii.gz")}, {"image": str(tmp_path / "b.nii.gz")}], "cpu")
-    assert not compile_pays_off(tmp_path, "cuda")  # not measured on GPUs: off there
+    assert not compile_pays_off(tmp_path, "cuda")  # packages are CPU-only
     assert not compile_pays_off(tmp_path / "nothing_here", "cpu")  # bad inputs are reported later
+    assert compile_choice(tmp_path, "cpu") is True  # build the package if missing
+    assert compile_choice(tmp_path / "a.nii.gz", "cpu") is None  # only use one built before
+    assert compile_choice(tmp_path, "cpu", "bf16") is False  # packages run fp32
 
 
 def test_dicom_series_slices_estimated_from_the_file_count(dicom_series_dir):
@@ -374,7 +450,7 @@ def test_segment_compiles_only_when_it_pays_off(weights, tmp_path, monkeypatch):
 
     asked = []
 
-    def recording_load_network(*args, compile=False, **kwargs):
+    def recording_load_network(*args, compile=None, **kwargs):
         asked.append(compile)
         return load_network(*args, **kwargs)
 
@@ -384,11 +460,59 @@ def test_segment_compiles_only_when_it_pays_off(weights, tmp_path, monkeypatch):
         opts = SegmentOptions(output_dir=tmp_path / f"out_{choice}", weights=str(weights), device="cpu",
                               compile=choice, progress=False)
         assert segment_volumes([str(tmp_path / "case.nii.gz")], opts) == 0
-    assert asked == [False, False]  # one short volume: auto leaves it uncompiled
+    assert asked == [None, False]  # one short volume: auto builds no package (it uses one built before)
+    opts = SegmentOptions(output_dir=tmp_path / "bf16", weights=str(weights), device="cpu", compile=True,
+                          precision="bf16", progress=False)
+    with pytest.raises(ValueError, match="runs the network in fp32"):
+        segment_volumes([str(tmp_path / "case.nii.gz")], opts)
 
 
-def test_compiled_network_reports_bad_input_like_the_eager_one(infnet):
-    compiled = optimize_for_inference(infnet, "cpu", compile=True)
-    with pytest.raises(ValueError, match="divisible by 32"):
-        compiled(torch.randn(1, 3, 40, 40))
-    assert not compiled.failed and compiled.batch is None  # nothing compiled yet
+def test_segment_builds_the_package_once_and_writes_the_eager_masks(weights, tmp_path, monkeypatch):  # noqa: F811
+    if not shutil.which("c++") and not shutil.which("g++"):
+        pytest.skip("no C++ compiler: compiled packages cannot be built here")
+    import infnet_monai.segment as segment
+
+    monkeypatch.setenv(packaged.CACHE_ENV, str(tmp_path / "cache"))
+    path, _ = _phantom_with_lung_free_slices(tmp_path / "case.nii.gz", seed=3)
+    loaded = []
+
+    def recording_load_network(*args, **kwargs):
+        loaded.append(load_network(*args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(segment, "load_network", recording_load_network)
+    masks = {}
+    for run, choice in (("eager", False), ("build", True), ("auto", None)):
+        opts = SegmentOptions(output_dir=tmp_path / run, weights=str(weights), device="cpu", compile=choice, progress=False)
+        assert segment_volumes([str(path)], opts) == 0
+        masks[run] = np.asarray(nib.load(str(tmp_path / run / "case_seg.nii.gz")).dataobj)
+    assert [type(n).__name__ for n in loaded] == ["InfNet", "PackagedNetwork", "PackagedNetwork"]  # auto: the one built
+    assert len(list((tmp_path / "cache" / "compiled").glob("*.pt2"))) == 1
+    assert masks["eager"].sum() > 0
+    for run in ("build", "auto"):
+        differ = int((masks[run] != masks["eager"]).sum())
+        assert differ <= 2, f"{run}: {differ} voxels differ from the eager network's mask"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_slice_batches_equal_the_sliding_window(precision):
+    """The direct slice-batch path of the inferer gives what MONAI's sliding window gives."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval()
+    affine = torch.diag(torch.tensor([0.8, 0.8, 5.0, 1.0], dtype=torch.float64))
+    volume = MetaTensor(torch.rand(1, 1, 32, 32, 7), affine=affine)
+    inferer = slice_inferer(3, "cpu", precision=precision)
+    inferer.roi_size = inferer.orig_roi_size = (32, 32)
+    with torch.inference_mode():
+        direct = inferer(volume, net)
+        windows = SliceInferer.__call__(inferer, volume, net)  # MONAI's sliding window path
+        smaller = inferer(volume[..., :24, :24, :], net)  # not the window size: sliding window (padded)
+    assert type(direct) is type(windows) is MetaTensor
+    assert direct.shape == windows.shape == (1, 2, 32, 32, 7) and direct.dtype == windows.dtype == torch.float32
+    assert torch.equal(direct.as_tensor(), windows.as_tensor())
+    assert torch.equal(direct.affine, windows.affine)
+    assert smaller.shape == (1, 2, 24, 24, 7)
+    with torch.inference_mode():
+        expected = net(network_input_batch(volume[0].permute(3, 0, 1, 2).as_tensor()))
+    if precision == "fp32":
+        torch.testing.assert_close(direct[0].permute(3, 0, 1, 2).as_tensor(), expected)

@@ -1,0 +1,171 @@
+"""Ahead-of-time compiled inference networks, built once per machine and cached on disk (CPU).
+
+The inference network (BatchNorm folded, channels-last) is exported (``torch.export``) for
+slice batches of one fixed shape ``(B, 3, S, S)`` and compiled by AOTInductor with frozen
+weights (oneDNN convolutions with prepacked weights, ReLU and residual additions fused, C++
+wrapper) into a package file (``.pt2``, weights included). On the 2-core CPU of
+``benchmarks/RESULTS.md`` it runs a 352x352 slice about 1.3x as fast as the eager network.
+Building takes 30-60 s; loading a built package about 0.1-0.5 s, less than loading the weights
+into the eager network, so every later run on the machine gains from its first slice.
+
+Packages live in :func:`package_dir`, named by a digest of the weights file, the network's
+source code, the batch and the slice size, plus the torch version and the CPU's instruction
+set: a package is only ever used for the weights, code, shapes and machine type it was built
+for. Files are written to a temporary name and renamed: a package is complete or absent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from infnet_monai.utils import atomic_output
+
+__all__ = ["CACHE_ENV", "package_dir", "package_path", "build_package", "PackagedNetwork", "packaged_network"]
+
+CACHE_ENV = "INFNET_MONAI_CACHE"
+
+# the modules whose code the compiled graph is made of (a change in any of them needs a new build)
+_NETWORK_SOURCES = ("infnet", "blocks", "res2net", "fuse", "optimize", "convert")
+
+
+def package_dir() -> Path:
+    """Folder of the compiled packages: ``$INFNET_MONAI_CACHE/compiled`` when that variable is
+    set, else ``$XDG_CACHE_HOME/infnet_monai/compiled`` (``~/.cache/infnet_monai/compiled``)."""
+    root = os.environ.get(CACHE_ENV)
+    if not root:
+        root = str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "infnet_monai")
+    return Path(root) / "compiled"
+
+
+def _cpu_tag() -> str:
+    """The CPU's vector capability and a digest of its instruction-set flags (Linux)."""
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{torch.backends.cpu.get_cpu_capability()}-{hashlib.blake2b(flags.encode(), digest_size=4).hexdigest()}"
+
+
+def package_path(weights: str | Path, batch: int, size: int) -> Path:
+    """Where the package of the network with ``weights`` for ``(batch, 3, size, size)`` slices
+    is (or would be). Reads the weights file once (about 0.1 s for Inf-Net's 125 MB)."""
+    digest = hashlib.blake2b(digest_size=12)
+    with open(weights, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    here = Path(__file__).parent
+    for name in _NETWORK_SOURCES:
+        digest.update((here / f"{name}.py").read_bytes())
+    tag = re.sub(r"[^A-Za-z0-9_-]+", "_", f"torch{torch.__version__}-{_cpu_tag()}")  # no dots: one suffix
+    return package_dir() / f"infnet-{digest.hexdigest()}-b{batch}-{size}px-{tag}.pt2"
+
+
+def build_package(network: nn.Module, batch: int, size: int, path: str | Path) -> Path:
+    """Export and AOT-compile the eval-mode ``network`` for ``(batch, 3, size, size)`` float32
+    slices into the package ``path`` (written atomically). Needs a C++ compiler; 30-60 s."""
+    example = torch.zeros(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), atomic_output(path) as tmp:
+        exported = torch.export.export(network.eval(), (example,))
+        torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp), inductor_configs={"freezing": True})
+    return Path(path)
+
+
+def _load_runner(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The package's forward on one input tensor (the C++ loader: no Inductor import needed)."""
+    loader = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
+    return lambda x: loader.run([x])[0]
+
+
+class PackagedNetwork(nn.Module):
+    """A compiled package run on slice batches of its fixed shape ``(batch, 3, size, size)``.
+
+    Smaller batches (a volume's last one) are padded with zero slices and larger ones split, so
+    one package serves a whole run. Anything else (other slice sizes or channel counts, other
+    dtypes or devices, autocast) goes to the eager network, made by ``make_network`` at its
+    first use; it also reports bad input. Output: the eager network's eval output
+    ``(B, out_channels, size, size)``.
+    """
+
+    def __init__(
+        self, runner: Callable[[torch.Tensor], torch.Tensor], batch: int, size: int,
+        make_network: Callable[[], nn.Module], network: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        # plain attributes, not submodules: the package holds its own weights
+        object.__setattr__(self, "runner", runner)
+        object.__setattr__(self, "make_network", make_network)
+        object.__setattr__(self, "_network", network)
+        self.batch = batch
+        self.size = size
+
+    @property
+    def network(self) -> nn.Module:
+        """The eager network (built at the first call that needs it)."""
+        if self._network is None:
+            object.__setattr__(self, "_network", self.make_network())
+        return self._network
+
+    def _fits(self, x: torch.Tensor) -> bool:
+        return (
+            x.dim() == 4
+            and tuple(x.shape[1:]) == (3, self.size, self.size)
+            and x.dtype == torch.float32
+            and x.device.type == "cpu"
+            and not torch.is_autocast_enabled("cpu")
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._fits(x):
+            return self.network(x)
+        n = x.shape[0]
+        if n > self.batch:
+            return torch.cat([self(part) for part in x.split(self.batch)])
+        if n < self.batch:
+            x = torch.cat([x, x.new_zeros((self.batch - n, *x.shape[1:]))])
+        with torch.inference_mode():
+            return self.runner(x.contiguous(memory_format=torch.channels_last))[:n]
+
+
+def _first_line(exc: BaseException) -> str:
+    return f"{exc.__class__.__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+
+
+def packaged_network(
+    weights: str | Path, make_network: Callable[[], nn.Module], batch: int, size: int, build: bool
+) -> nn.Module:
+    """The network with ``weights`` run from its compiled package for ``(batch, 3, size, size)``
+    slices: the package built before on this machine, else one built now when ``build`` (30-60 s;
+    ``make_network()`` gives the eval CPU fp32 network to compile), else ``make_network()``
+    itself. A failed build or load warns in one line and returns the eager network."""
+    path = package_path(weights, batch, size)
+    network = None
+    if not path.is_file():
+        network = make_network()
+        if not build:
+            return network
+        try:
+            build_package(network, batch, size, path)
+        except Exception as exc:  # noqa: BLE001 - no C++ compiler, unsupported op, full disk...
+            warnings.warn(f"building the compiled network failed ({_first_line(exc)}); running the network uncompiled")
+            return network
+    try:
+        runner = _load_runner(path)
+    except Exception as exc:  # noqa: BLE001 - truncated or foreign file
+        warnings.warn(
+            f"{path}: compiled network could not be loaded ({_first_line(exc)}); running the network "
+            "uncompiled (delete the file to rebuild it)"
+        )
+        return network if network is not None else make_network()
+    return PackagedNetwork(runner, batch, size, make_network, network).eval()
