@@ -3,9 +3,11 @@
 Shared by the CLI (``infnet-monai segment``) and the bundle's ``configs/inference.json``:
 :func:`load_network`, :func:`slice_inferer`, :func:`mask_saver` and :func:`infer_volume`. The
 speed settings live here too, so both get them without flags: the network from
-:func:`load_network` is optimised for its device (:mod:`infnet_monai.networks.optimize`),
-:func:`slice_inferer` picks the slice batch for the device and the precision (fp32 unless fp16 or
-bf16 autocast is asked for: :func:`default_precision`).
+:func:`load_network` is optimised for its device (:mod:`infnet_monai.networks.optimize`) and,
+on the CPU, runs from its compiled package once one is built on the machine
+(:mod:`infnet_monai.networks.packaged`, :func:`compile_choice`); :func:`slice_inferer` picks the
+slice batch for the device and the precision (fp32 unless fp16 or bf16 autocast is asked for:
+:func:`default_precision`).
 """
 
 from __future__ import annotations
