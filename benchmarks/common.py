@@ -46,14 +46,9 @@ def set_threads(threads: int | None) -> int:
 
 def machine_line() -> str:
     """CPU model, cores, torch version and the current 1-minute load average."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from infnet_monai.utils.cpuinfo import cpuinfo_field
+
+    model = cpuinfo_field("model name") or platform.processor() or platform.machine()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (
         f"{model}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}, "

@@ -325,22 +325,22 @@ def package_weights(infnet, tmp_path_factory):
     """The weights file of ``infnet`` and its package for (2, 3, 64, 64) slices, built once."""
     if not shutil.which("c++") and not shutil.which("g++"):
         pytest.skip("no C++ compiler: compiled packages cannot be built here")
-    weights = tmp_path_factory.mktemp("package") / "infnet.pt"
-    torch.save(infnet.state_dict(), weights)
+    weights_file = tmp_path_factory.mktemp("package") / "infnet.pt"
+    torch.save(infnet.state_dict(), weights_file)
     fast = optimize_for_inference(infnet, "cpu")
     maker = _Maker(fast)
-    built = packaged_network(weights, maker, 2, PACKAGE_SIZE, build=True)
+    built = packaged_network(weights_file, maker, 2, PACKAGE_SIZE, build=True)
     assert isinstance(built, PackagedNetwork) and maker.calls == 1  # the network to compile
-    assert package_path(weights, 2, PACKAGE_SIZE).is_file()
-    return weights, fast
+    assert package_path(weights_file, 2, PACKAGE_SIZE).is_file()
+    return weights_file, fast
 
 
 def test_package_matches_the_eager_network_without_loading_it(package_weights):
-    weights, fast = package_weights
+    weights_file, fast = package_weights
     maker = _Maker(fast)
-    net = packaged_network(weights, maker, 2, PACKAGE_SIZE, build=False)  # the package built before
+    net = packaged_network(weights_file, maker, 2, PACKAGE_SIZE, build=False)  # the package built before
     assert isinstance(net, PackagedNetwork) and maker.calls == 0  # the eager network is not even made
-    assert list(net.parameters()) == []  # the package holds its weights
+    assert list(net.parameters()) == []  # the package holds its weights_file
     x = torch.randn(5, 3, PACKAGE_SIZE, PACKAGE_SIZE)
     with torch.inference_mode():
         ref = fast(x)
@@ -354,9 +354,9 @@ def test_package_matches_the_eager_network_without_loading_it(package_weights):
 
 
 def test_package_leaves_other_inputs_to_the_eager_network(package_weights):
-    weights, fast = package_weights
+    weights_file, fast = package_weights
     maker = _Maker(fast)
-    net = packaged_network(weights, maker, 2, PACKAGE_SIZE, build=False)
+    net = packaged_network(weights_file, maker, 2, PACKAGE_SIZE, build=False)
     with torch.inference_mode():
         other_size = torch.randn(1, 3, 96, 96)
         assert _close(net(other_size), fast(other_size))  # not the package's slice size
@@ -371,10 +371,10 @@ def test_package_leaves_other_inputs_to_the_eager_network(package_weights):
 
 
 def test_package_is_keyed_by_weights_batch_and_size(package_weights, tmp_path):
-    weights, fast = package_weights
-    path = package_path(weights, 2, PACKAGE_SIZE)
+    weights_file, fast = package_weights
+    path = package_path(weights_file, 2, PACKAGE_SIZE)
     assert path.parent == packaged.package_dir() and path.suffix == ".pt2"
-    assert package_path(weights, 4, PACKAGE_SIZE) != path and package_path(weights, 2, 352) != path
+    assert package_path(weights_file, 4, PACKAGE_SIZE) != path and package_path(weights_file, 2, 352) != path
     other = tmp_path / "other.pt"
     state = fast.state_dict()
     state[next(iter(state))] = state[next(iter(state))] + 1
@@ -386,8 +386,8 @@ def test_package_is_keyed_by_weights_batch_and_size(package_weights, tmp_path):
 
 
 def test_failed_build_or_load_falls_back_to_the_eager_network(infnet, tmp_path, monkeypatch):
-    weights = tmp_path / "w.pt"
-    torch.save(infnet.state_dict(), weights)
+    weights_file = tmp_path / "w.pt"
+    torch.save(infnet.state_dict(), weights_file)
     fast = optimize_for_inference(infnet, "cpu")
 
     def no_compiler(*args, **kwargs):
@@ -396,13 +396,13 @@ def test_failed_build_or_load_falls_back_to_the_eager_network(infnet, tmp_path, 
     with monkeypatch.context() as m:
         m.setattr(packaged, "build_package", no_compiler)
         with pytest.warns(UserWarning, match=r"building the compiled network failed \(RuntimeError: C\+\+ compiler not found\)"):
-            assert packaged_network(weights, _Maker(fast), 2, PACKAGE_SIZE, build=True) is fast
-    path = package_path(weights, 2, PACKAGE_SIZE)
+            assert packaged_network(weights_file, _Maker(fast), 2, PACKAGE_SIZE, build=True) is fast
+    path = package_path(weights_file, 2, PACKAGE_SIZE)
     assert not path.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"not a package")
     with pytest.warns(UserWarning, match="compiled network could not be loaded.*delete the file to rebuild it"):
-        assert packaged_network(weights, _Maker(fast), 2, PACKAGE_SIZE, build=False) is fast
+        assert packaged_network(weights_file, _Maker(fast), 2, PACKAGE_SIZE, build=False) is fast
 
 
 def test_load_network_compiles_only_on_the_cpu(weights):  # noqa: F811

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from infnet_monai.utils import atomic_output
+from infnet_monai.utils.cpuinfo import cpuinfo_field
 
 __all__ = ["CACHE_ENV", "package_dir", "package_path", "build_package", "PackagedNetwork", "packaged_network"]
 
@@ -47,14 +48,7 @@ def package_dir() -> Path:
 
 def _cpu_tag() -> str:
     """The CPU's vector capability and a digest of its instruction-set flags (Linux)."""
-    flags = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    flags = cpuinfo_field("flags")
     return f"{torch.backends.cpu.get_cpu_capability()}-{hashlib.blake2b(flags.encode(), digest_size=4).hexdigest()}"
 
 
