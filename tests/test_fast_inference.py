@@ -351,6 +351,9 @@ def test_package_matches_the_eager_network_without_loading_it(package_weights):
     assert split.shape == (5, 1, PACKAGE_SIZE, PACKAGE_SIZE)
     assert _close(pair, ref[:2]) and _close(single, ref[2:3]) and _close(split, ref) and _close(nchw, ref[:2])
     assert not torch.equal(split, torch.zeros_like(split))
+    with torch.no_grad():  # outside inference mode the output is a normal tensor, as the eager one
+        plain = net(x[:2])
+    assert not plain.is_inference() and _close(plain.add_(0), ref[:2])
 
 
 def test_package_leaves_other_inputs_to_the_eager_network(package_weights):
