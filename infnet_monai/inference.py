@@ -217,7 +217,7 @@ class InfNetSliceInferer(SliceInferer):
 
     def _slices_are_windows(self, inputs: torch.Tensor, args: tuple, kwargs: dict) -> bool:
         return (
-            not args and not kwargs and inputs.dim() == 5 and self.spatial_dim == 2
+            not args and not kwargs and inputs.dim() == 5 and self.spatial_dim == 2 and inputs.shape[0] * inputs.shape[-1] > 0
             and tuple(inputs.shape[2:4]) == tuple(ensure_tuple(self.orig_roi_size))
             and BlendMode(self.mode) == BlendMode.CONSTANT
         )
