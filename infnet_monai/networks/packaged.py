@@ -69,6 +69,8 @@ def package_path(weights: str | Path, batch: int, size: int) -> Path:
 def build_package(network: nn.Module, batch: int, size: int, path: str | Path) -> Path:
     """Export and AOT-compile the eval-mode ``network`` for ``(batch, 3, size, size)`` float32
     slices into the package ``path`` (written atomically). Needs a C++ compiler; 30-60 s."""
+    import torch._inductor  # the compiler: imported only when a package is built
+
     example = torch.zeros(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     with torch.no_grad(), atomic_output(path) as tmp:
         exported = torch.export.export(network.eval(), (example,))
