@@ -145,12 +145,18 @@ def compile_choice(
     inputs: str | Path | Sequence[str | Path] | Sequence[dict],
     device: str | torch.device | None = None,
     precision: str | None = None,
+    requested: bool | None = None,
 ) -> bool | None:
-    """``compile`` for :func:`load_network` without flags: True (build the compiled package if
-    missing) when the run pays back a build (:func:`compile_pays_off`), else None (use a
-    package built before, if any); False for reduced ``precision`` (packages run fp32)."""
+    """``compile`` for :func:`load_network`: ``requested`` when given (CLI ``--compile on|off``);
+    without it True (build the compiled package if missing) when the run pays back a build
+    (:func:`compile_pays_off`), else None (use a package built before, if any). Packages run
+    fp32: reduced ``precision`` gives False, and refuses ``requested=True`` (ValueError)."""
     if (precision or "fp32") != "fp32":
+        if requested:
+            raise ValueError(f"--compile on runs the network in fp32; leave out --precision {precision} or use --compile off")
         return False
+    if requested is not None:
+        return requested
     return True if compile_pays_off(inputs, device) else None
 
 

@@ -134,9 +134,7 @@ def segment_volumes(inputs: Sequence[str], opts: SegmentOptions) -> int:
             print(f"{target}: exists, kept; pass --overwrite to replace it", file=sys.stderr)
         else:
             todo.append(path)
-    if opts.compile and (opts.precision or "fp32") != "fp32":
-        raise ValueError(f"--compile on runs the network in fp32; leave out --precision {opts.precision} or use --compile off")
-    compile = compile_choice(todo, opts.device, opts.precision) if opts.compile is None else opts.compile
+    compile = compile_choice(todo, opts.device, opts.precision, requested=opts.compile)
     network = load_network(opts.weights, opts.device, compile=compile, batch_size=opts.batch_size)
     prefetch = default_device(opts.device).type == "cuda" if opts.prefetch is None else opts.prefetch
     volumes = prefetch_map(lambda p: pre({"image": str(p)}), todo, enabled=prefetch)

@@ -130,11 +130,10 @@ class PackagedNetwork(nn.Module):
             return torch.cat([self(part) for part in x.split(self.batch)])
         if n < self.batch:
             x = torch.cat([x, x.new_zeros((self.batch - n, *x.shape[1:]))])
-        if torch.is_inference_mode_enabled():
-            return self.runner(x.contiguous(memory_format=torch.channels_last))[:n]
         with torch.inference_mode():
             out = self.runner(x.contiguous(memory_format=torch.channels_last))[:n]
-        return out.clone()  # a normal tensor outside inference mode, as the eager network gives
+        # outside inference mode a normal tensor, as the eager network gives
+        return out if torch.is_inference_mode_enabled() else out.clone()
 
 
 def _first_line(exc: BaseException) -> str:
