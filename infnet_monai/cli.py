@@ -47,6 +47,7 @@ def _segment(args: argparse.Namespace) -> int:
     opts = SegmentOptions(
         output_dir=args.output_dir,
         weights=args.weights,
+        image_size=args.image_size,
         device=args.device,
         batch_size=args.batch_size,
         precision=args.precision,
@@ -72,7 +73,10 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="segment CT volumes (NIfTI or DICOM series) into infection masks")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="a .nii/.nii.gz file, a DICOM series folder or a glob")
     p.add_argument("-o", "--output-dir", type=Path, required=True, help="folder for <name>_seg.nii.gz masks")
-    p.add_argument("--weights", help="trained Inf-Net state dict (models/model.pt) or an authors' checkpoint")
+    p.add_argument("--weights", help="trained Inf-Net state dict or an authors' checkpoint (default: the shipped model)")
+    p.add_argument("--image-size", type=int, default=None, metavar="S",
+                   help="in-plane network input size in px, multiple of 32 (default: the size the model was trained at, "
+                        "from its bundle's metadata.json; 352 for weights outside a bundle)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: GPU when present)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="axial slices per network call (default 32 on a GPU, 2 on the CPU)")
@@ -98,6 +102,38 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
                    help="also write <name>_burden.json, <name>_qc.png and a row of burden.csv")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_segment)
+def _predict_slices(args: argparse.Namespace) -> int:
+    from infnet_monai.predict_slices import predict_slices
+
+    written = predict_slices(
+        args.inputs, args.output_dir, weights=args.weights, image_size=args.image_size, device=args.device,
+        normalize=args.normalize, overwrite=args.overwrite,
+    )
+    print(f"{len(written)} probability maps written to {args.output_dir}")
+    return 0
+
+
+def _add_predict_slices(sub: argparse._SubParsersAction) -> None:
+    from pathlib import Path
+
+    p = sub.add_parser(
+        "predict-slices",
+        help="run the network on 2D slice images (JPG/PNG) and write 8-bit probability maps <stem>.png "
+        "at each image's size, as the authors' test script (score them with evaluate --mode slices)",
+    )
+    p.add_argument("inputs", metavar="IMAGES", help="a folder of slice images (e.g. COVID-SemiSeg Imgs/) or one image")
+    p.add_argument("-o", "--output-dir", type=Path, required=True, help="folder for the <stem>.png maps")
+    p.add_argument("--weights", help="trained Inf-Net state dict or an authors' checkpoint (default: the shipped model)")
+    p.add_argument("--image-size", type=int, default=None, metavar="S",
+                   help="network input size in px (default: the model's training size from its bundle metadata; "
+                        "352 for weights outside a bundle, as the authors' script)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: GPU when present)")
+    p.add_argument("--normalize", action="store_true",
+                   help="min-max normalise each map as the authors' script does (default: probability x 255)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing maps")
+    p.set_defaults(func=_predict_slices)
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from infnet_monai.metrics.evaluate import FolderEvaluation
 
@@ -233,6 +269,7 @@ def _add_semi_propagate(sub: argparse._SubParsersAction) -> None:
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_convert_weights,
     _add_segment,
+    _add_predict_slices,
     _add_evaluate,
     _add_report,
     _add_semi_propagate,

@@ -1,31 +1,43 @@
-"""Training engine pieces: Inf-Net's multi-scale trainer, gradient clipping, progress bar, resume.
+"""Training engine pieces: Inf-Net's multi-scale trainer, mixed precision, gradient clipping,
+progress bar with ETA, resume.
 
 The authors train every batch at 0.75, 1 and 1.25 times the training size (rounded to multiples
 of 32), with one optimiser step per scale and gradient values clipped to [-0.5, 0.5].
 :class:`MultiScaleSupervisedTrainer` is a MONAI ``SupervisedTrainer`` doing the former,
 :class:`GradientClipHandler` an ignite handler doing the latter (AMP-aware).
+:class:`AutocastInferer` runs the forward pass in bf16 on CPUs that compute bf16 natively
+(MONAI's own ``amp`` is CUDA fp16 with a gradient scaler); :func:`training_precision` picks it.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.handlers import CheckpointSaver
+from monai.inferers import Inferer
 from monai.utils import CommonKeys, ensure_tuple, ensure_tuple_rep
+
+from infnet_monai.utils.cpuinfo import native_bf16
 
 __all__ = [
     "MultiScaleSupervisedTrainer",
+    "AutocastInferer",
+    "training_precision",
     "GradientClipHandler",
+    "EtaHandler",
     "ProgressBarHandler",
     "ResumableCheckpointSaver",
+    "best_checkpoint",
     "latest_checkpoint",
     "scaled_size",
 ]
@@ -96,6 +108,58 @@ class MultiScaleSupervisedTrainer(SupervisedTrainer):
         return output
 
 
+# autocast dtype of each training precision (None: fp32)
+_AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def training_precision(device: str | torch.device, precision: str = "auto") -> str:
+    """The forward-pass precision of training: ``precision`` unless ``"auto"``, which is
+    ``"bf16"`` on a CPU with native bf16 (:func:`~infnet_monai.utils.cpuinfo.native_bf16`) and
+    ``"fp32"`` elsewhere (on CUDA, fp16 comes from the trainer's ``amp``, with its gradient scaler)."""
+    if precision == "auto":
+        return "bf16" if torch.device(device).type == "cpu" and native_bf16() else "fp32"
+    if precision not in _AUTOCAST:
+        raise ValueError(f"precision must be 'auto' or one of {', '.join(_AUTOCAST)}, got {precision!r}")
+    return precision
+
+
+def _to_float32(out: Any) -> Any:
+    if isinstance(out, torch.Tensor):
+        return out.float()
+    if isinstance(out, (tuple, list)):
+        return type(out)(_to_float32(o) for o in out)
+    return out
+
+
+class AutocastInferer(Inferer):
+    """``network(inputs)`` under ``torch.autocast`` to ``precision``, outputs back in float32.
+
+    For trainers and evaluators: only the forward pass runs in reduced precision (convolutions
+    and matrix products in bf16/fp16 with fp32 accumulation, parameters and optimiser in fp32);
+    the loss and its backward see float32 logits. ``channels_last`` hands 4D inputs over in
+    channels-last memory order (the layout oneDNN's CPU convolutions run fastest in; put the
+    network in it too). With ``precision="fp32"`` and ``channels_last=False`` it is MONAI's
+    ``SimpleInferer``. Output: whatever the network returns (a tensor or a tuple of maps).
+    """
+
+    def __init__(self, precision: str = "fp32", channels_last: bool = False) -> None:
+        super().__init__()
+        if precision not in _AUTOCAST:
+            raise ValueError(f"precision must be one of {', '.join(_AUTOCAST)}, got {precision!r}")
+        self.precision = precision
+        self.channels_last = channels_last
+
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self.channels_last and inputs.dim() == 4:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        dtype = _AUTOCAST[self.precision]
+        if dtype is None:
+            return network(inputs, *args, **kwargs)
+        with torch.autocast(inputs.device.type, dtype=dtype):
+            out = network(inputs, *args, **kwargs)
+        return _to_float32(out)
+
+
 class GradientClipHandler:
     """Clip gradients after every backward pass of a MONAI trainer (before the optimiser step).
 
@@ -146,6 +210,39 @@ class ProgressBarHandler:
             self.bar.attach(engine, output_transform=lambda out: {"loss": self.output_transform(out)})
 
 
+class EtaHandler:
+    """Log after every epoch how far a run is and when it ends:
+    ``epoch 7/40, 3.2 min/epoch, 1.8 h left (ETA 2026-11-29 22:41)``.
+
+    The rate is the median epoch time of this process (a resumed run does not count the epochs
+    it loaded); epoch time includes whatever runs on ``EPOCH_COMPLETED`` (validation, checkpoints).
+    """
+
+    def __init__(self, name: str = "infnet_monai.train") -> None:
+        self.logger = logging.getLogger(name)
+        self._durations: list[float] = []
+        self._start = 0.0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
+
+    def _epoch_started(self, engine: Engine) -> None:
+        if self._start:  # the previous epoch's handlers have all run
+            self._durations.append(time.monotonic() - self._start)
+        self._start = time.monotonic()
+
+    def _epoch_completed(self, engine: Engine) -> None:
+        durations = self._durations + [time.monotonic() - self._start]
+        per_epoch = sorted(durations)[len(durations) // 2]
+        left = per_epoch * (engine.state.max_epochs - engine.state.epoch)
+        eta = time.strftime("%Y-%m-%d %H:%M", time.localtime(time.time() + left))
+        self.logger.info(
+            f"epoch {engine.state.epoch}/{engine.state.max_epochs}, {per_epoch / 60:.1f} min/epoch, "
+            f"{left / 3600:.1f} h left (ETA {eta})"
+        )
+
+
 class ResumableCheckpointSaver(CheckpointSaver):
     """``CheckpointSaver`` whose best-metric record can be saved and restored with the trainer.
 
@@ -153,6 +250,10 @@ class ResumableCheckpointSaver(CheckpointSaver):
     ``load_dict``): after a resume it only replaces the best model (``key_metric_filename``) when
     the metric beats the best one of the earlier run, instead of starting from scratch.
     """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.key_metric_filename: str | None = kwargs.get("key_metric_filename")
 
     def state_dict(self) -> dict:
         if self._key_metric_checkpoint is None:
@@ -162,6 +263,24 @@ class ResumableCheckpointSaver(CheckpointSaver):
     def load_state_dict(self, state_dict: dict) -> None:
         if state_dict:
             super().load_state_dict(state_dict)
+
+    @property
+    def best_metric(self) -> float | None:
+        """The key metric of the best model saved so far (this run or a resumed one); None before."""
+        saved = getattr(self._key_metric_checkpoint, "_saved", None)
+        return float(saved[-1].priority) if saved else None
+
+
+def best_checkpoint(*savers: ResumableCheckpointSaver) -> str:
+    """Path of the best-metric model file (``save_dir/key_metric_filename``) of the saver whose
+    best metric is highest (the first one on ties; savers that saved nothing are skipped)."""
+    scored = [(saver.best_metric, -i, saver) for i, saver in enumerate(savers) if saver.best_metric is not None]
+    if not scored:
+        raise RuntimeError("no best model was saved: run validation (ValidationHandler) at least once")
+    saver = max(scored, key=lambda item: item[:2])[2]
+    if not saver.key_metric_filename:
+        raise ValueError("best_checkpoint needs savers with a fixed key_metric_filename")
+    return str(Path(saver.save_dir) / saver.key_metric_filename)
 
 
 _EPOCH_RE = re.compile(r"epoch=(\d+)")

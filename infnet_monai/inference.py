@@ -27,7 +27,8 @@ from monai.utils import BlendMode, convert_to_dst_type, ensure_tuple, optional_i
 from infnet_monai.networks import InfNet, load_authors_checkpoint
 from infnet_monai.networks.optimize import optimize_for_inference
 from infnet_monai.networks.packaged import packaged_network
-from infnet_monai.transforms.chain import NETWORK_SIZE, network_input_batch
+from infnet_monai.shipped import default_weights, network_size
+from infnet_monai.transforms.chain import network_input_batch
 from infnet_monai.transforms.io import estimated_slices, expand_inputs
 from infnet_monai.utils import AtomicNibabelWriter
 from infnet_monai.utils.geometry import axial_axis, voxel_volume_ml
@@ -66,11 +67,15 @@ def default_device(device: str | torch.device | None = None) -> torch.device:
 
 
 def require_weights(weights: str | Path | None) -> Path:
-    """The weights path, or a plain error: an untrained Inf-Net gives no meaningful mask."""
+    """The weights path (None: the shipped model's, :func:`infnet_monai.shipped.default_weights`),
+    or a plain error: an untrained Inf-Net gives no meaningful mask."""
+    if not weights:
+        weights = default_weights()
     if not weights:
         raise MissingWeightsError(
-            "no weights given: an untrained Inf-Net gives no meaningful mask; pass --weights MODEL.pt "
-            "(a trained bundle's models/model.pt, or an authors' checkpoint via infnet-monai convert-weights)"
+            "no weights given and no shipped model beside the package (install with pip install -e . from the "
+            "repository); pass --weights MODEL.pt (a trained bundle's models/model.pt, or an authors' checkpoint "
+            "via infnet-monai convert-weights)"
         )
     if not Path(weights).is_file():
         raise MissingWeightsError(
@@ -86,8 +91,11 @@ def load_network(
     optimize: bool = True,
     compile: bool | None = None,
     batch_size: int | None = None,
+    size: int | None = None,
 ) -> torch.nn.Module:
-    """InfNet in eval mode with ``weights`` (a converted state dict or an authors' checkpoint).
+    """InfNet in eval mode with ``weights`` (a converted state dict or an authors' checkpoint;
+    None: the shipped model), for slices of ``size`` pixels (None: the model's own,
+    :func:`infnet_monai.shipped.network_size`).
 
     ``optimize``: return the inference-only copy of :func:`optimize_for_inference` (BatchNorm
     folded, channels-last); False gives the plain eval ``InfNet``. ``compile`` (CPU, with
@@ -97,6 +105,7 @@ def load_network(
     for long runs: :func:`compile_choice`), False never.
     """
     weights = require_weights(weights)
+    size = size or network_size(weights)
     device = default_device(device)
     if compile and (device.type != "cpu" or not optimize):
         raise ValueError(f"compiled networks are built for the CPU with optimize=True (got device {device}); "
@@ -104,11 +113,11 @@ def load_network(
 
     def eager() -> torch.nn.Module:
         net = load_authors_checkpoint(InfNet(), weights).eval()
-        return optimize_for_inference(net, device, example_size=NETWORK_SIZE) if optimize else net.to(device)
+        return optimize_for_inference(net, device, example_size=size) if optimize else net.to(device)
 
     if compile is False or device.type != "cpu" or not optimize:
         return eager()
-    return packaged_network(weights, eager, batch_size or default_batch_size(device), NETWORK_SIZE, build=compile)
+    return packaged_network(weights, eager, batch_size or default_batch_size(device), size, build=compile)
 
 
 # Slices over which building the compiled package pays for itself within one CPU run: on the
@@ -253,16 +262,18 @@ def slice_inferer(
     device: str | torch.device | None = None,
     progress: bool = False,
     precision: str | None = None,
+    size: int | None = None,
 ) -> SliceInferer:
     """:class:`InfNetSliceInferer` over axial slices (last spatial axis) of ``(B, 1 or 3, S, S, Z)``
-    inputs (a single channel is converted to the network input per slice batch).
+    inputs (a single channel is converted to the network input per slice batch); ``size``: S
+    (None: the shipped model's, :func:`infnet_monai.shipped.network_size`).
 
     Slices run on ``device`` in batches of ``batch_size`` (default :func:`default_batch_size`)
     in ``precision`` (default :func:`default_precision`); the output volume is assembled on the
     input's device (the CPU for volumes from transforms), so the GPU holds only one batch.
     """
     return InfNetSliceInferer(
-        roi_size=(NETWORK_SIZE, NETWORK_SIZE),
+        roi_size=(size or network_size(),) * 2,
         sw_batch_size=batch_size or default_batch_size(device),
         spatial_dim=2,
         sw_device=default_device(device),

@@ -26,6 +26,7 @@ from infnet_monai.inference import (
     require_weights,
     slice_inferer,
 )
+from infnet_monai.shipped import network_size
 from infnet_monai.transforms.chain import DEFAULT_WINDOW_HU, ct_postprocessing, ct_preprocessing
 from infnet_monai.transforms.io import CTInputError, expand_inputs
 from infnet_monai.utils.prefetch import prefetch_map
@@ -37,6 +38,8 @@ __all__ = ["SegmentOptions", "output_path", "segment_volumes"]
 class SegmentOptions:
     """Settings of a segmentation run (CLI flags).
 
+    ``weights``: None runs the shipped model. ``image_size``: in-plane size of the network
+    input (None: the model's own, :func:`infnet_monai.shipped.network_size`).
     ``batch_size``: slices per network call (None: 32 on a GPU, 2 on the CPU). ``precision``:
     network precision (None: fp32; "fp16"/"bf16" autocast). ``slice_crop``:
     infer only the slices near the lungs. ``prefetch``: preprocess the next volume during the
@@ -47,7 +50,8 @@ class SegmentOptions:
     """
 
     output_dir: Path
-    weights: str | None
+    weights: str | None = None
+    image_size: int | None = None
     device: str | None = None
     batch_size: int | None = None
     precision: str | None = None
@@ -111,16 +115,17 @@ def output_path(input_path: Path, output_dir: Path, postfix: str = "seg") -> Pat
 def segment_volumes(inputs: Sequence[str], opts: SegmentOptions) -> int:
     """Segment every volume in ``inputs``; returns the number of volumes that failed."""
     paths = expand_inputs(inputs)
-    require_weights(opts.weights)
+    weights = require_weights(opts.weights)
+    size = opts.image_size or network_size(weights)
     pre = ct_preprocessing(
-        window=opts.window, lung_crop=opts.lung_crop, slice_crop=opts.slice_crop, series_uid=opts.series_uid,
+        spatial_size=size, window=opts.window, lung_crop=opts.lung_crop, slice_crop=opts.slice_crop, series_uid=opts.series_uid,
         keep_lung_mask=opts.restrict_to_lung, network_input=False,
     )
     post = ct_postprocessing(
         pre, threshold=opts.threshold, prob_key="prob" if opts.save_prob else None,
         restrict_to_lung=opts.restrict_to_lung,
     )
-    inferer = slice_inferer(opts.batch_size, opts.device, progress=opts.progress, precision=opts.precision)
+    inferer = slice_inferer(opts.batch_size, opts.device, progress=opts.progress, precision=opts.precision, size=size)
     save_mask = mask_saver(opts.output_dir, "seg", np.uint8)
     save_prob = mask_saver(opts.output_dir, "prob", np.float32)
     failures = 0
@@ -135,7 +140,7 @@ def segment_volumes(inputs: Sequence[str], opts: SegmentOptions) -> int:
         else:
             todo.append(path)
     compile = compile_choice(todo, opts.device, opts.precision, requested=opts.compile)
-    network = load_network(opts.weights, opts.device, compile=compile, batch_size=opts.batch_size)
+    network = load_network(weights, opts.device, compile=compile, batch_size=opts.batch_size, size=size)
     prefetch = default_device(opts.device).type == "cuda" if opts.prefetch is None else opts.prefetch
     volumes = prefetch_map(lambda p: pre({"image": str(p)}), todo, enabled=prefetch)
     for path, item in tqdm(volumes, total=len(todo), desc="volumes", unit="vol", disable=not opts.progress or len(todo) < 2):

@@ -88,3 +88,12 @@ def test_deep_supervision_loss_rejects_bad_contract():
         loss(torch.zeros(1, 1, 8, 8), torch.zeros(1, 2, 8, 8))
     with pytest.raises(ValueError, match="mask and edge"):
         loss(tuple(torch.zeros(1, 1, 8, 8) for _ in range(5)), torch.zeros(1, 1, 8, 8))
+
+
+def test_boundary_weights_separable_pool_equals_the_31x31_pool():
+    g = torch.Generator().manual_seed(2)
+    mask = (torch.rand(2, 1, 50, 70, generator=g) > 0.5).float()
+    mask[1] = torch.rand(1, 50, 70, generator=g)  # soft pseudo label
+    direct = 1 + 5 * (F.avg_pool2d(mask, 31, stride=1, padding=15) - mask).abs()
+    torch.testing.assert_close(boundary_weights(mask), direct, atol=1e-5, rtol=0)  # float32 rounding x 5
+    assert not boundary_weights(mask.requires_grad_()).requires_grad  # a target-only weight map

@@ -18,11 +18,15 @@ from PIL import Image
 from bundle_helpers import write_semiseg_slices
 from conftest import BUNDLE_DIR, REPO_ROOT
 from phantoms import affine_for, chest_phantom, save_nifti
+import infnet_monai.engines as engines
 from infnet_monai.engines import (
+    AutocastInferer,
+    EtaHandler,
     GradientClipHandler,
     MultiScaleSupervisedTrainer,
     latest_checkpoint,
     scaled_size,
+    training_precision,
 )
 from infnet_monai.networks import InfNet, InfNetUNet
 from infnet_monai.transforms.edge import EdgeTarget
@@ -117,6 +121,113 @@ def test_latest_checkpoint_picks_highest_epoch(tmp_path):
 
 
 # ---------------------------------------------------------------- bundle configs
+
+
+def test_training_precision_is_bf16_only_on_cpus_with_native_bf16(monkeypatch):
+    monkeypatch.setattr(engines, "native_bf16", lambda: True)
+    assert training_precision("cpu") == "bf16" and training_precision("cuda") == "fp32"
+    assert training_precision("cpu", "fp32") == "fp32"  # the config switch
+    monkeypatch.setattr(engines, "native_bf16", lambda: False)
+    assert training_precision("cpu") == "fp32"
+    with pytest.raises(ValueError, match="precision"):
+        training_precision("cpu", "int8")
+
+
+def test_autocast_inferer_runs_the_forward_in_bf16_and_returns_float32():
+    seen = {}
+
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 1, 3, padding=1)
+
+        def forward(self, x):
+            seen["channels_last"] = x.is_contiguous(memory_format=torch.channels_last)
+            out = self.conv(x)
+            seen["dtype"] = out.dtype
+            return out, out * 2
+
+    x = torch.randn(2, 3, 16, 16)
+    net = Probe()
+    outs = AutocastInferer("bf16", channels_last=True)(x, net)
+    assert seen == {"channels_last": True, "dtype": torch.bfloat16}
+    assert isinstance(outs, tuple) and all(o.dtype == torch.float32 for o in outs)
+    reference = net.conv(x)
+    assert (outs[0] - reference).abs().max() < 0.05 * reference.abs().max()  # bf16 rounding only
+    torch.testing.assert_close(AutocastInferer("fp32")(x, net)[0], reference)
+    assert seen["dtype"] == torch.float32
+
+
+def test_eta_handler_logs_epochs_left(caplog):
+    from ignite.engine import Engine
+
+    engine = Engine(lambda e, b: None)
+    EtaHandler().attach(engine)
+    with caplog.at_level("INFO", logger="infnet_monai.train"):
+        engine.run([0], max_epochs=3)
+    lines = [r.getMessage() for r in caplog.records if r.name == "infnet_monai.train"]
+    assert len(lines) == 3 and lines[0].startswith("epoch 1/3,") and "h left (ETA " in lines[0]
+    assert lines[-1].startswith("epoch 3/3,") and " 0.0 h left" in lines[-1]
+
+
+def write_shipped_data(root: Path) -> Path:
+    """The shipped recipe's data layout: doctor-label (10 slices) and pseudo-label (4 slices)."""
+    write_semiseg_slices(root / "doctor-label", count=10, size=64, seed=1)
+    write_semiseg_slices(root / "pseudo-label", count=4, size=64, seed=2)
+    return root
+
+
+def shipped_overrides(tmp_path: Path, data: Path, **extra) -> dict:
+    return {
+        "bundle_root": str(tmp_path / "bundle"), "data_root": str(data), "ckpt_dir": str(tmp_path / "run"),
+        "shipped_model": str(tmp_path / "bundle" / "models" / "model.pt"), "device": "cpu",
+        "image_size": 64, "batch_size": 4, "cache_rate": 0.0, **extra,
+    }
+
+
+def test_shipped_recipe_trains_fine_tunes_and_writes_fp16_weights(tmp_path):
+    data = write_shipped_data(tmp_path / "data")
+    wf = workflow(["train.json", "train_shipped.json"], epochs=2, **{"finetune#epochs": 1}, **shipped_overrides(tmp_path, data))
+    train_list = wf.parser.get_parsed_content("train#datalist")
+    val_list = wf.parser.get_parsed_content("validate#datalist")
+    assert len(val_list) == 2 and len(train_list) == 8 + 4  # 20 % of the doctor labels held out
+    assert not {d["image"] for d in val_list} & {d["image"] for d in train_list}
+    assert sum("pseudo-label" in d["image"] for d in train_list) == 4
+    assert {d["image"] for d in wf.parser.get_parsed_content("finetune#datalist")} <= {d["image"] for d in train_list}
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    assert wf.parser.get_parsed_content("augment") == "ct" and trainer.scales == (1.0,)
+    wf.run()
+    wf.finalize()
+    assert trainer.state.iteration == 2 * 3  # 12 slices, batch 4, 2 epochs
+    scheduler = wf.parser.get_parsed_content("lr_scheduler")
+    assert scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)  # cosine decayed to the end
+    shipped = torch.load(tmp_path / "bundle" / "models" / "model.pt", weights_only=True)
+    dtypes = {k: v.dtype for k, v in shipped.items()}
+    assert dtypes["backbone.conv1.0.weight"] == torch.float16
+    assert all(dtypes[k] == torch.float32 for k in dtypes if k.endswith(("running_mean", "running_var")))
+    InfNet().load_state_dict(shipped)  # loads into the fp32 network as it is
+    assert (tmp_path / "run" / "model.pt").is_file() and (tmp_path / "run" / "finetune" / "model.pt").is_file()
+
+
+def test_shipped_recipe_resumes_from_the_last_epoch(tmp_path):
+    data = write_shipped_data(tmp_path / "data")
+    over = shipped_overrides(tmp_path, data, **{"finetune#epochs": 1})
+    first = workflow(["train.json", "train_shipped.json"], epochs=3, **over)
+    trainer = first.parser.get_parsed_content("train#trainer")
+    trainer.add_event_handler(Events.EPOCH_COMPLETED(once=1), lambda e: e.terminate())  # a kill after epoch 1
+    first.parser.get_parsed_content("train#trainer").run()
+    assert latest_checkpoint(tmp_path / "run").endswith("checkpoint_epoch=1.pt")
+    lr_after_one = first.parser.get_parsed_content("optimizer").param_groups[0]["lr"]
+
+    second = workflow(["train.json", "train_shipped.json"], epochs=3, **over)
+    trainer = second.parser.get_parsed_content("train#trainer")
+    started = []
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: started.append((e.state.epoch, e.state.iteration)))
+    lrs = []
+    trainer.add_event_handler(Events.ITERATION_STARTED(once=4), lambda e: lrs.append(e.optimizer.param_groups[0]["lr"]))
+    second.run()
+    assert started == [(2, 3), (3, 6)]  # continues at iteration 3 of 9
+    assert lrs == [pytest.approx(lr_after_one)]  # the cosine schedule continues where it stopped
 
 
 def test_train_config_runs_from_command_line(tmp_path):

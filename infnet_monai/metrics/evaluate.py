@@ -228,13 +228,14 @@ def evaluate_slices(pairs: Sequence[tuple[str, Path, Path]]) -> dict:
     curves = protocol.pop("curves")
     per_image = {
         key: _mean_std_median(np.array([row[key] for row in cases], dtype=np.float64))
-        for key in ("dice", "sensitivity", "specificity", "s_measure", "e_measure", "mae")
+        for key in ("dice", "sensitivity", "specificity", "s_measure", "e_measure", "mae", "dice_at_0.5")
     }
     return {
         "mode": "slices",
         "empty_mask_policy": SLICE_EMPTY_POLICY,
         "protocol": "Inf-Net evaluation toolbox: 256 thresholds 1:-1/255:0; dice/sensitivity/specificity/"
-        "e_measure as mean and max over thresholds of per-threshold image means; s_measure, mae: image means",
+        "e_measure as mean and max over thresholds of per-threshold image means; s_measure, mae: image means; "
+        "dice_at_0.5 (not in the toolbox): Dice of the map as written, thresholded at 0.5, mean over images",
         "cases": cases,
         "summary": {"toolbox": protocol, "per_image": per_image},
         "curves": curves,
@@ -318,7 +319,7 @@ def format_report_table(report: dict) -> str:
         keys = ["dice", "asd_mm", "hd95_mm", "nsd", "pred_ml", "label_ml"]
         head = ["case", "class", *keys, "empty"]
     else:
-        keys = ["dice", "sensitivity", "specificity", "s_measure", "e_measure", "mae"]
+        keys = ["dice", "sensitivity", "specificity", "s_measure", "e_measure", "mae", "dice_at_0.5"]
         head = ["case", *keys]
     table = [head] + [[_fmt(row.get(k)) for k in head] for row in report["cases"]]
     widths = [max(len(r[i]) for r in table) for i in range(len(head))]
@@ -337,7 +338,7 @@ def format_report_table(report: dict) -> str:
         toolbox = report["summary"]["toolbox"]
         lines.append(f"n={len(report['cases'])} images (toolbox protocol)")
         for key in keys:
-            e, t = report["summary"]["per_image"][key], toolbox[key]
+            e, t = report["summary"]["per_image"][key], toolbox.get(key)
             extra = f"  [mean {_fmt(t['mean'])}, max {_fmt(t['max'])} over thresholds]" if isinstance(t, dict) else ""
             lines.append(f"  {key:<11} {_fmt(e['mean'])} ± {_fmt(e['std'])}  median {_fmt(e['median'])}{extra}")
     lines.append(f"empty-mask policy: {report['empty_mask_policy']}")

@@ -310,7 +310,9 @@ def mean_absolute_error(pred: np.ndarray, gt: np.ndarray) -> float:
 
 @dataclass
 class SliceScores:
-    """Scores of one image: per-threshold curves (256,) and scalar S-measure and MAE."""
+    """Scores of one image: per-threshold curves (256,) and scalar S-measure and MAE; besides
+    the toolbox, ``dice_at_half``: Dice of the map as given (not normalised) thresholded at 0.5
+    (1 when both it and the GT are empty)."""
 
     dice: np.ndarray
     sensitivity: np.ndarray
@@ -319,6 +321,7 @@ class SliceScores:
     s_measure: float
     mae: float
     resized: bool = field(default=False)
+    dice_at_half: float = field(default=float("nan"))
 
     def row(self) -> dict:
         """Per-image row: curve metrics averaged over thresholds."""
@@ -329,6 +332,7 @@ class SliceScores:
             "s_measure": self.s_measure,
             "e_measure": float(self.e_measure.mean()),
             "mae": self.mae,
+            "dice_at_0.5": self.dice_at_half,
         }
 
 
@@ -336,7 +340,11 @@ def slice_scores(pred_map: np.ndarray, gt: np.ndarray) -> SliceScores:
     """Toolbox scores of one image: ``pred_map`` (h, w) in [0, 1] (any size), ``gt`` (H, W) bool."""
     gt = np.asarray(gt, dtype=bool)
     resized = tuple(pred_map.shape) != tuple(gt.shape)
-    pred = normalise_map(resize_map(np.asarray(pred_map, dtype=np.float64), gt.shape))
+    probabilities = resize_map(np.asarray(pred_map, dtype=np.float64), gt.shape)
+    binary = probabilities >= 0.5
+    both = int(gt.sum()) + int(binary.sum())
+    dice_at_half = 2.0 * float(np.logical_and(binary, gt).sum()) / both if both else 1.0
+    pred = normalise_map(probabilities)
     curves = threshold_scores(pred, gt)
     return SliceScores(
         dice=curves["dice"],
@@ -346,6 +354,7 @@ def slice_scores(pred_map: np.ndarray, gt: np.ndarray) -> SliceScores:
         s_measure=s_measure(pred, gt),
         mae=mean_absolute_error(pred, gt),
         resized=resized,
+        dice_at_half=dice_at_half,
     )
 
 

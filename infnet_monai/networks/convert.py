@@ -28,6 +28,7 @@ __all__ = [
     "CheckpointMismatchError",
     "read_checkpoint",
     "verify_hash_in_name",
+    "half_state_dict",
     "infnet_keys_from_authors",
     "unet_keys_from_authors",
     "res2net_keys_from_imagenet",
@@ -185,14 +186,28 @@ def load_res2net_imagenet(backbone: nn.Module, path: str | Path) -> nn.Module:
     return backbone
 
 
+# BatchNorm statistics stay fp32 in half-precision files (tiny, and variances can fall below
+# fp16's normal range)
+_FP32_SUFFIXES = ("running_mean", "running_var")
+
+
+def half_state_dict(state: Mapping[str, torch.Tensor]) -> StateDict:
+    """``state`` with its floating-point weights in fp16 (BatchNorm statistics kept in fp32):
+    half the file size; loading into an fp32 network casts them back."""
+    return {
+        k: v.half() if v.is_floating_point() and not k.endswith(_FP32_SUFFIXES) else v for k, v in state.items()
+    }
+
+
 def convert_checkpoint(
-    src: str | Path, dst: str | Path, network: str = "auto", overwrite: bool = False
+    src: str | Path, dst: str | Path, network: str = "auto", overwrite: bool = False, half: bool = False
 ) -> str:
     """Convert ``src`` to a plain state dict of our network at ``dst`` (atomic write).
 
     ``network``: ``"auto"`` (from the keys), ``"inf_net"``, ``"inf_net_unet"`` or ``"res2net50"``
     (a backbone-only state dict for ``InfNet.backbone``). The result is verified by loading it
-    strictly into a freshly built network. Returns a one-line summary.
+    strictly into a freshly built network. ``half``: store the weights in fp16
+    (:func:`half_state_dict`), as the shipped models are. Returns a one-line summary.
     """
     from .registry import get_network
     from .res2net import Res2Net50
@@ -207,7 +222,8 @@ def convert_checkpoint(
     converted = _CONVERTERS[kind](state)
     model = Res2Net50() if kind == "res2net50" else get_network(kind)
     _load_strict(model, converted, str(src))
+    state = half_state_dict(model.state_dict()) if half else model.state_dict()
     with atomic_output(dst, overwrite=overwrite) as tmp:
-        torch.save(model.state_dict(), tmp)
+        torch.save(state, tmp)
     n = sum(v.numel() for k, v in converted.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
     return f"{src} -> {dst}: {kind}, {len(converted)} tensors, {n:,} parameters"

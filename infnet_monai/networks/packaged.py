@@ -17,7 +17,6 @@ for. Files are written to a temporary name and renamed: a package is complete or
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import warnings
 from pathlib import Path
@@ -27,11 +26,10 @@ import torch
 from torch import nn
 
 from infnet_monai.utils import atomic_output
+from infnet_monai.utils.cache import CACHE_ENV, cache_dir
 from infnet_monai.utils.cpuinfo import cpuinfo_field
 
 __all__ = ["CACHE_ENV", "package_dir", "package_path", "build_package", "PackagedNetwork", "packaged_network"]
-
-CACHE_ENV = "INFNET_MONAI_CACHE"
 
 # the modules whose code the compiled graph is made of (a change in any of them needs a new build)
 _NETWORK_SOURCES = ("infnet", "blocks", "res2net", "fuse", "optimize", "convert")
@@ -40,10 +38,7 @@ _NETWORK_SOURCES = ("infnet", "blocks", "res2net", "fuse", "optimize", "convert"
 def package_dir() -> Path:
     """Folder of the compiled packages: ``$INFNET_MONAI_CACHE/compiled`` when that variable is
     set, else ``$XDG_CACHE_HOME/infnet_monai/compiled`` (``~/.cache/infnet_monai/compiled``)."""
-    root = os.environ.get(CACHE_ENV)
-    if not root:
-        root = str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "infnet_monai")
-    return Path(root) / "compiled"
+    return cache_dir("compiled")
 
 
 def _cpu_tag() -> str:

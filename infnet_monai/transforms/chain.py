@@ -8,7 +8,8 @@ CT volume → network (:func:`ct_preprocessing`)::
     → crop to the lungs (in-plane bounding box over all slices + margin; optional) and to the
     slices holding lung ± the lung dilation of the postprocessing (optional; the other slices
     are not inferred and come back as background) → HU window [-1250, 250] → [0, 1]
-    → resize in-plane to 352×352 keeping the slice count → 3 channels, ImageNet mean/std
+    → resize in-plane to the model's size (S×S: 256 for the shipped model, 352 for the
+    authors' weights; :func:`infnet_monai.shipped.network_size`) keeping the slice count → 3 channels, ImageNet mean/std
     (for the whole volume, or per slice batch in the inferer: :func:`network_input_batch`)
 
 Network output → mask in the input geometry (:func:`ct_postprocessing`)::
@@ -47,6 +48,8 @@ from monai.transforms import (
     ScaleIntensityRanged,
 )
 
+from infnet_monai.shipped import network_size
+
 from .io import LoadCTd
 from .lung import LungMaskd, LungRegion, RestrictToLungd
 
@@ -55,7 +58,6 @@ __all__ = [
     "IMAGENET_STD",
     "DEFAULT_WINDOW_HU",
     "LUNG_DILATION_MM",
-    "NETWORK_SIZE",
     "SLICE_AXCODES",
     "network_input_transforms",
     "network_input_batch",
@@ -66,7 +68,6 @@ __all__ = [
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_WINDOW_HU = (-1250.0, 250.0)
-NETWORK_SIZE = 352
 # Infection outside the lung mask dilated by this much is dropped (mm); slices farther than this
 # from every lung slice are therefore not inferred.
 LUNG_DILATION_MM = 5.0
@@ -115,7 +116,7 @@ def ct_preprocessing(
     crop_margin: int = 10,
     slice_crop: bool = True,
     slice_margin_mm: float = LUNG_DILATION_MM,
-    spatial_size: int = NETWORK_SIZE,
+    spatial_size: int | None = None,
     series_uid: str | None = None,
     lung_key: str = "lung",
     keep_lung_mask: bool = True,
@@ -134,7 +135,8 @@ def ct_preprocessing(
             inferred; ``Invertd`` pads them back as background). With ``slice_margin_mm`` at
             least the postprocessing's ``lung_dilation_mm``, masks restricted to the lung are
             the same as without the slice crop.
-        spatial_size: in-plane size of the network input (multiple of 32).
+        spatial_size: in-plane size of the network input (multiple of 32); None: the shipped
+            model's (:func:`infnet_monai.shipped.network_size`).
         series_uid: DICOM series to read when a folder holds several.
         keep_lung_mask: keep the lung mask (input grid, oriented) under ``lung_key`` for
             restricting the infection mask and for reports; otherwise it is dropped after the crop.
@@ -147,6 +149,8 @@ def ct_preprocessing(
     Output: ``image_key`` ``(3 or 1, spatial_size, spatial_size, Z)`` float32 MetaTensor whose
     ``applied_operations`` let ``Invertd`` return to the input grid.
     """
+    if spatial_size is None:
+        spatial_size = network_size()
     if spatial_size % 32:
         raise ValueError(f"spatial_size must be a multiple of 32 for Inf-Net, got {spatial_size}")
     low, high = (float(v) for v in window)

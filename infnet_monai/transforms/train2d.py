@@ -28,9 +28,12 @@ from monai.transforms import (
     LabelFilterd,
     LoadImaged,
     MapTransform,
+    RandAdjustContrastd,
+    RandAffined,
     RandCropByPosNegLabeld,
     RandFlipd,
     RandRotate90d,
+    RandScaleIntensityd,
     Resized,
     ScaleIntensityRanged,
     SqueezeDimd,
@@ -41,6 +44,7 @@ from .edge import EdgeTargetd
 
 __all__ = [
     "TRAIN_SIZE",
+    "AUGMENTATIONS",
     "to_single_channel",
     "slice_training_transforms",
     "slice_validation_transforms",
@@ -58,11 +62,42 @@ def to_single_channel(img):
     return img if img.mode in ("L", "P") else img.convert("L")
 
 
-def _augmentations(keys: list[str]) -> list[MapTransform]:
-    return [
+AUGMENTATIONS = ("none", "flips", "ct")
+
+
+def _augmentations(keys: list[str], augment: bool | str, label_modes: Sequence[str] = ()) -> list[MapTransform]:
+    """Random transforms of ``augment`` on (C, H, W) slices with intensities in [0, 1].
+
+    - ``False`` / ``"none"``: none (the authors' recipe, besides multi-scale training);
+    - ``True`` / ``"flips"``: flips along both axes and 90-degree rotations;
+    - ``"ct"``: the flips and 90-degree rotations above, then rotation within ±10°, zoom
+      0.9-1.15 and shifts of 5 % (bilinear; ``label_modes`` gives the interpolation of the keys
+      after the first, "nearest" for class indices), and contrast (gamma 0.7-1.5) and intensity
+      scale (±10 %) on the image, for the differences in window and export between scanners.
+      All eight flips/rotations are needed because COVID-SemiSeg stores its slices transposed
+      (spine on the right) or transposed and mirrored (spine on the left), while CT volumes
+      reach the network in the radiological display layout (spine at the bottom).
+    """
+    kind = ("flips" if augment else "none") if isinstance(augment, bool) else augment
+    if kind not in AUGMENTATIONS:
+        raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)} (or true/false), got {augment!r}")
+    if kind == "none":
+        return []
+    flips = [
         RandFlipd(keys, prob=0.5, spatial_axis=0, allow_missing_keys=True),
         RandFlipd(keys, prob=0.5, spatial_axis=1, allow_missing_keys=True),
         RandRotate90d(keys, prob=0.5, max_k=3, allow_missing_keys=True),
+    ]
+    if kind == "flips":
+        return flips
+    modes = ["bilinear"] + [label_modes[i] if i < len(label_modes) else "bilinear" for i in range(len(keys) - 1)]
+    return flips + [
+        RandAffined(
+            keys, prob=0.7, rotate_range=0.175, scale_range=(-0.1, 0.15), translate_range=(0.05, 0.05),
+            mode=modes, padding_mode="zeros", allow_missing_keys=True,
+        ),
+        RandAdjustContrastd(_IMAGE, prob=0.5, gamma=(0.7, 1.5)),
+        RandScaleIntensityd(_IMAGE, prob=0.5, factors=0.1),
     ]
 
 
@@ -78,7 +113,7 @@ def _load_and_scale(keys: list[str], scaled: list[str]) -> list[MapTransform]:
     ]
 
 
-def _binary_transforms(image_size: int, augment: bool, with_edge: bool) -> Compose:
+def _binary_transforms(image_size: int, augment: bool | str, with_edge: bool) -> Compose:
     if with_edge:
         keys = [_IMAGE, _LABEL, _EDGE]
         transforms = _load_and_scale(keys, keys) + [EdgeTargetd(_LABEL, edge_keys=_EDGE, allow_missing_keys=True)]
@@ -86,8 +121,7 @@ def _binary_transforms(image_size: int, augment: bool, with_edge: bool) -> Compo
         keys = [_IMAGE, _LABEL]
         transforms = [DeleteItemsd(_EDGE)] + _load_and_scale(keys, keys)
     transforms.append(Resized(keys, spatial_size=(image_size, image_size), mode="bilinear", allow_missing_keys=True))
-    if augment:
-        transforms += _augmentations(keys)
+    transforms += _augmentations(keys, augment)
     transforms += network_input_transforms([_IMAGE])
     return Compose(transforms + _training_target(with_edge, compute_edge=False))
 
@@ -103,13 +137,13 @@ def _training_target(with_edge: bool, compute_edge: bool) -> list[MapTransform]:
     return tail
 
 
-def slice_training_transforms(image_size: int = TRAIN_SIZE, augment: bool = False) -> Compose:
+def slice_training_transforms(image_size: int = TRAIN_SIZE, augment: bool | str = False) -> Compose:
     """Binary Inf-Net training: ``image`` (3, S, S) normalised, ``label`` (2, S, S) soft mask + edge.
 
     Items: ``image``, ``label`` and optional ``edge`` file paths; a missing edge is computed from
     the mask (:class:`~infnet_monai.transforms.edge.EdgeTargetd`) before resizing, like the
-    published ``Edge`` images. ``augment`` adds random flips and 90-degree rotations (the authors
-    used none besides multi-scale training).
+    published ``Edge`` images. ``augment``: ``"none"``, ``"flips"`` or ``"ct"`` (see
+    :func:`_augmentations`; the authors used none besides multi-scale training).
     """
     return _binary_transforms(image_size, augment, with_edge=True)
 
@@ -119,7 +153,7 @@ def slice_validation_transforms(image_size: int = TRAIN_SIZE) -> Compose:
     return _binary_transforms(image_size, augment=False, with_edge=False)
 
 
-def multiclass_slice_transforms(image_size: int = TRAIN_SIZE, augment: bool = False) -> Compose:
+def multiclass_slice_transforms(image_size: int = TRAIN_SIZE, augment: bool | str = False) -> Compose:
     """Inf-Net + UNet: ``image`` (6, S, S) = slice (3 ch) + infection prior (3 ch), ``label`` (1, S, S).
 
     The prior (``Prior/*.png``, 0-255) gets the slice's normalisation, as the authors did; the
@@ -131,8 +165,7 @@ def multiclass_slice_transforms(image_size: int = TRAIN_SIZE, augment: bool = Fa
         Resized([_IMAGE, _PRIOR], spatial_size=(image_size, image_size), mode="bilinear"),
         Resized(_LABEL, spatial_size=(image_size, image_size), mode="nearest", allow_missing_keys=True),
     ]
-    if augment:
-        transforms += _augmentations(keys)
+    transforms += _augmentations(keys, augment, label_modes=("bilinear", "nearest"))
     transforms += network_input_transforms([_IMAGE, _PRIOR])
     transforms += [ConcatItemsd([_IMAGE, _PRIOR], name=_IMAGE), DeleteItemsd(_PRIOR)]
     return Compose(transforms + _training_target(with_edge=False, compute_edge=False))
@@ -162,7 +195,7 @@ def volume_slice_transforms(
     num_samples: int = 4,
     pos: float = 1.0,
     neg: float = 1.0,
-    augment: bool = False,
+    augment: bool | str = False,
 ) -> Compose:
     """Binary Inf-Net training on CT volumes: axial slices sampled after the shared CT chain.
 
@@ -181,8 +214,7 @@ def volume_slice_transforms(
         ),
         SqueezeDimd([_IMAGE, _LABEL], dim=-1),
     ]
-    if augment:
-        transforms += _augmentations([_IMAGE, _LABEL])
+    transforms += _augmentations([_IMAGE, _LABEL], augment, label_modes=("nearest",))
     return Compose(transforms + _training_target(with_edge=True, compute_edge=True))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["cpuinfo_field"]
+__all__ = ["cpuinfo_field", "native_bf16"]
 
 
 def cpuinfo_field(name: str) -> str:
@@ -17,3 +17,14 @@ def cpuinfo_field(name: str) -> str:
     except OSError:
         pass
     return ""
+
+
+# CPU flags of native bf16 arithmetic: Intel AMX tiles (Sapphire Rapids on) and AVX512-BF16
+# (Cooper Lake, AMD Zen 4 on); oneDNN runs bf16 convolutions on them at 2-5x the fp32 rate.
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def native_bf16() -> bool:
+    """True when the CPU computes in bf16 natively (one of :data:`BF16_FLAGS` in its flags)."""
+    flags = set(cpuinfo_field("flags").split())
+    return any(flag in flags for flag in BF16_FLAGS)

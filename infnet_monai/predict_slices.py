@@ -1,0 +1,105 @@
+"""``infnet-monai predict-slices``: the network on 2D slice images, as the authors' test script.
+
+Each JPG/PNG slice (any size, 8-bit gray or colour) is loaded like the training slices
+(:func:`~infnet_monai.transforms.train2d.slice_validation_transforms`: [0, 1], resized to the
+model's size, 3 ImageNet-normalised channels), the final map's logits are resized back to the
+image's size (bilinear, ``align_corners=False``), passed through a sigmoid and written as an
+8-bit PNG ``<stem>.png``: the probability × 255, or min-max normalised per image as the authors'
+``MyTest_LungInf.py`` writes it (``normalize=True``). ``infnet-monai evaluate --mode slices``
+then scores the maps by the paper's protocol (which min-max normalises every map itself).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from infnet_monai.data.semiseg import IMAGE_SUFFIXES
+from infnet_monai.inference import default_device, load_network, require_weights
+from infnet_monai.shipped import network_size
+from infnet_monai.transforms.train2d import slice_validation_transforms
+from infnet_monai.utils import atomic_output
+
+__all__ = ["slice_images", "probability_png", "predict_slices"]
+
+
+def slice_images(inputs: str | os.PathLike) -> list[Path]:
+    """The image files to predict: a folder's files with an image suffix (sorted), or one file.
+
+    Raises ``FileNotFoundError`` for a missing path and ``ValueError`` for a folder without
+    images or a file that is not a readable image (naming it).
+    """
+    path = Path(inputs)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ValueError(f"{path}: no slice images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+    else:
+        files = [path]
+    for file in files:
+        try:
+            with Image.open(file) as img:
+                img.verify()
+        except Exception as exc:  # noqa: BLE001 - any decoder error means the same to the user
+            raise ValueError(
+                f"{file}: not a readable image ({exc.__class__.__name__}); give JPG/PNG slices or remove the file"
+            ) from exc
+    return files
+
+
+def probability_png(logits: torch.Tensor, shape: Sequence[int], normalize: bool = False) -> np.ndarray:
+    """8-bit map (H, W) of ``logits`` (1, 1, h, w) at ``shape`` = (H, W): bilinear resize of the
+    logits, sigmoid, optional min-max normalisation (a constant map gives zeros), × 255 rounded."""
+    prob = torch.sigmoid(F.interpolate(logits.float(), size=tuple(shape), mode="bilinear", align_corners=False))[0, 0]
+    if normalize:
+        low, high = prob.min(), prob.max()
+        prob = (prob - low) / (high - low) if high > low else torch.zeros_like(prob)
+    return (prob.clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
+
+
+def predict_slices(
+    inputs: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    weights: str | os.PathLike | None = None,
+    image_size: int | None = None,
+    device: str | None = None,
+    normalize: bool = False,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Write ``output_dir/<stem>.png`` for every slice image in ``inputs`` (folder or file).
+
+    ``weights``: None runs the shipped model; ``image_size``: the network input size (None: the
+    model's own, 352 in the authors' script). Every input is checked before anything is
+    written; existing maps are kept unless ``overwrite``. Returns the written paths.
+    """
+    files = slice_images(inputs)
+    out = Path(output_dir)
+    targets = [out / f"{f.stem}.png" for f in files]
+    clash = [t for t in targets if t.exists() and not overwrite]
+    if clash:
+        raise FileExistsError(f"{clash[0]}: exists ({len(clash)} maps in all); pass --overwrite to replace them")
+    inputs_resolved = {f.resolve() for f in files}
+    if any(t.resolve() in inputs_resolved for t in targets):
+        raise ValueError(f"{out}: a map would overwrite an input image; choose another output folder")
+    weights = require_weights(weights)
+    size = image_size or network_size(weights)
+    device = default_device(device)
+    network = load_network(weights, device, compile=False, size=size)
+    transform = slice_validation_transforms(image_size=size)
+    for file, target in zip(files, targets):
+        with Image.open(file) as img:
+            shape = (img.height, img.width)
+        image = transform({"image": str(file)})["image"]
+        with torch.inference_mode():
+            logits = network(torch.as_tensor(image)[None].to(device))
+        with atomic_output(target, overwrite=True) as tmp:
+            Image.fromarray(probability_png(logits, shape, normalize)).save(tmp, format="PNG")
+    return targets
