@@ -4,8 +4,9 @@ The trained Inf-Net ships in the repository's bundle
 (``bundles/covid19_lung_infection_ct_segmentation/models/model.pt``, fp16 weights loaded as
 fp32); an editable install (``pip install -e .``) finds it beside the package. A model runs at
 the in-plane size it was trained at: a bundle records it in ``configs/metadata.json``
-(``network_data_format.inputs.image.spatial_shape``); weights outside a bundle (e.g. the authors'
-converted checkpoints) run at the authors' 352 px.
+(``network_data_format.inputs.image.spatial_shape``), written there with the weights by
+:func:`ship_model`. Weights outside a bundle run at the shipped bundle's size, like the bundle's
+own inference config; the authors' converted checkpoints need ``--image-size 352``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["BUNDLE_DIR", "AUTHORS_SIZE", "default_weights", "bundle_of", "network_size"]
+from infnet_monai.utils import atomic_output
+
+__all__ = ["BUNDLE_DIR", "AUTHORS_SIZE", "default_weights", "bundle_of", "bundle_network_size", "network_size", "ship_model"]
 
 BUNDLE_DIR = Path(__file__).resolve().parents[1] / "bundles" / "covid19_lung_infection_ct_segmentation"
 AUTHORS_SIZE = 352  # the authors' training and test size (pixels)
@@ -32,14 +35,9 @@ def bundle_of(weights: str | Path) -> Path | None:
     return bundle if (bundle / "configs" / "metadata.json").is_file() else None
 
 
-def network_size(weights: str | Path | None = None) -> int:
-    """In-plane size (pixels) the model in ``weights`` runs at (None: the shipped model): the
-    input ``spatial_shape`` in its bundle's ``metadata.json``, else :data:`AUTHORS_SIZE`."""
-    weights = weights or default_weights()
-    bundle = bundle_of(weights) if weights else None
-    if bundle is None:
-        return AUTHORS_SIZE
-    meta_path = bundle / "configs" / "metadata.json"
+def bundle_network_size(bundle: str | Path) -> int:
+    """The input ``spatial_shape`` side of the bundle's ``configs/metadata.json`` (pixels)."""
+    meta_path = Path(bundle) / "configs" / "metadata.json"
     try:
         shape = json.loads(meta_path.read_text())["network_data_format"]["inputs"]["image"]["spatial_shape"]
         size = int(shape[0])
@@ -48,3 +46,35 @@ def network_size(weights: str | Path | None = None) -> int:
     if size % 32:
         raise ValueError(f"{meta_path}: spatial_shape {shape} is not a multiple of 32; Inf-Net needs one")
     return size
+
+
+def network_size(weights: str | Path | None = None) -> int:
+    """In-plane size (pixels) the model in ``weights`` runs at: the size recorded by the bundle
+    holding it (``<bundle>/models/<file>``), else the shipped bundle's; :data:`AUTHORS_SIZE`
+    when neither is there."""
+    bundle = bundle_of(weights) if weights else None
+    if bundle is None:
+        bundle = BUNDLE_DIR if (BUNDLE_DIR / "configs" / "metadata.json").is_file() else None
+    return AUTHORS_SIZE if bundle is None else bundle_network_size(bundle)
+
+
+def ship_model(checkpoint: str | Path, bundle: str | Path, image_size: int) -> str:
+    """Make the model in ``checkpoint`` the bundle's: ``<bundle>/models/model.pt`` in fp16
+    (:func:`~infnet_monai.networks.convert.convert_checkpoint`) and ``image_size`` as the input
+    and output ``spatial_shape`` of ``<bundle>/configs/metadata.json``; both written atomically.
+    Returns a one-line summary."""
+    from infnet_monai.networks.convert import convert_checkpoint
+
+    if image_size % 32:
+        raise ValueError(f"image_size must be a multiple of 32, got {image_size}")
+    bundle = Path(bundle)
+    meta_path = bundle / "configs" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    formats = meta["network_data_format"]
+    for part in ("inputs", "outputs"):
+        for entry in formats.get(part, {}).values():
+            entry["spatial_shape"] = [int(image_size), int(image_size)]
+    summary = convert_checkpoint(checkpoint, bundle / "models" / "model.pt", overwrite=True, half=True)
+    with atomic_output(meta_path) as tmp:
+        tmp.write_text(json.dumps(meta, indent=4, ensure_ascii=False) + "\n", encoding="utf-8")
+    return f"{summary}; fp16; {image_size} px recorded in {meta_path}"

@@ -28,11 +28,11 @@ from packaging.version import Version
 from infnet_monai.metrics.evaluate import FolderEvaluation
 from infnet_monai.metrics.volume import EMPTY_MASK_POLICY
 from infnet_monai.networks import InfNet
+from infnet_monai.shipped import network_size
 from infnet_monai.transforms.chain import (
     DEFAULT_WINDOW_HU,
     IMAGENET_MEAN,
     IMAGENET_STD,
-    NETWORK_SIZE,
     network_input_batch,
 )
 
@@ -160,7 +160,7 @@ def test_metadata_versions(meta):
 
 def test_network_data_format_values(meta):
     image = meta["network_data_format"]["inputs"]["image"]
-    assert image["num_channels"] == 3 and image["spatial_shape"] == [NETWORK_SIZE, NETWORK_SIZE]
+    assert image["num_channels"] == 3 and image["spatial_shape"] == [network_size(), network_size()]
     assert image["dtype"] == "float32" and image["modality"] == "CT" and not image["is_patch_data"]
     # value range: a [0, 1] window normalised per channel with the ImageNet mean/std
     low = min((0.0 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD))
@@ -315,17 +315,17 @@ def test_inference_config_resolves_every_id(ct_dir, tmp_path, tmp_path_factory):
     assert isinstance(value["network"], torch.nn.Module) and value["network"] is not value["network_def"]
     assert not any(p.requires_grad for p in value["network"].parameters())
     inferer = value["inferer"]
-    assert isinstance(inferer, SliceInferer) and tuple(inferer.roi_size) == (NETWORK_SIZE, NETWORK_SIZE)
+    assert isinstance(inferer, SliceInferer) and tuple(inferer.roi_size) == (network_size(), network_size())
     assert inferer.spatial_dim == 2 and inferer.sw_batch_size == value["slice_batch_size"]
     assert inferer.precision == value["precision"]
     # preprocessing output: the windowed [0, 1] slices; the inferer turns each slice batch into the
     # 3-channel network input, inside the declared value range
     item = value["dataset"][0]
     image = item["image"]
-    assert tuple(image.shape) == (1, NETWORK_SIZE, NETWORK_SIZE, 3) and "lung" in item
+    assert tuple(image.shape) == (1, network_size(), network_size(), 3) and "lung" in item
     assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
     net_input = network_input_batch(image.permute(3, 0, 1, 2).as_tensor())
-    assert tuple(net_input.shape) == (3, 3, NETWORK_SIZE, NETWORK_SIZE)
+    assert tuple(net_input.shape) == (3, 3, network_size(), network_size())
     low, high = json.loads(META_FILE.read_text())["network_data_format"]["inputs"]["image"]["value_range"]
     assert low <= float(net_input.min()) and float(net_input.max()) <= high
     assert len(value["dataloader"]) == 1 and value["dataloader"].batch_size == 1
@@ -374,7 +374,7 @@ def test_inference_workflow_has_every_property(ct_dir, tmp_path, tmp_path_factor
     assert isinstance(workflow.evaluator, SupervisedEvaluator) and len(workflow.dataset) == 1
     assert workflow.version == meta["version"] and workflow.monai_version == meta["monai_version"]
     assert workflow.channel_def == {"0": "background", "1": "infection"}
-    assert workflow.spatial_shape == [NETWORK_SIZE, NETWORK_SIZE]
+    assert workflow.spatial_shape == [network_size(), network_size()]
 
 
 @pytest.mark.skipif(not TRAIN_FILE.exists(), reason="configs/train.json is not in this checkout yet")

@@ -12,7 +12,7 @@ import torch
 from monai.data import load_net_with_metadata
 
 from infnet_monai.networks import InfNet
-from infnet_monai.transforms.chain import NETWORK_SIZE
+from infnet_monai.shipped import network_size
 
 from bundle_helpers import (
     INFERENCE_FILE,
@@ -65,7 +65,7 @@ def eager(bundle):
     net = InfNet()
     net.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
     net.eval()
-    inputs = [network_like_input(2, 96, seed=1), network_like_input(1, NETWORK_SIZE, seed=2)]
+    inputs = [network_like_input(2, 96, seed=1), network_like_input(1, network_size(), seed=2)]
     with torch.no_grad():
         outputs = [net(x) for x in inputs]
     for y in outputs:  # a meaningful comparison: varying logits of order 1-10

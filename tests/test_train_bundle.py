@@ -15,7 +15,7 @@ from monai.bundle import ConfigWorkflow
 from monai.engines.utils import IterationEvents
 from PIL import Image
 
-from bundle_helpers import write_semiseg_slices
+from bundle_helpers import copy_bundle, write_semiseg_slices
 from conftest import BUNDLE_DIR, REPO_ROOT
 from phantoms import affine_for, chest_phantom, save_nifti
 import infnet_monai.engines as engines
@@ -29,6 +29,7 @@ from infnet_monai.engines import (
     training_precision,
 )
 from infnet_monai.networks import InfNet, InfNetUNet
+from infnet_monai.shipped import network_size
 from infnet_monai.transforms.edge import EdgeTarget
 
 CONFIGS = BUNDLE_DIR / "configs"
@@ -180,13 +181,14 @@ def write_shipped_data(root: Path) -> Path:
 def shipped_overrides(tmp_path: Path, data: Path, **extra) -> dict:
     return {
         "bundle_root": str(tmp_path / "bundle"), "data_root": str(data), "ckpt_dir": str(tmp_path / "run"),
-        "shipped_model": str(tmp_path / "bundle" / "models" / "model.pt"), "device": "cpu",
+        "device": "cpu",
         "image_size": 64, "batch_size": 4, "cache_rate": 0.0, **extra,
     }
 
 
 def test_shipped_recipe_trains_fine_tunes_and_writes_fp16_weights(tmp_path):
     data = write_shipped_data(tmp_path / "data")
+    copy_bundle(tmp_path / "bundle")
     wf = workflow(["train.json", "train_shipped.json"], epochs=2, **{"finetune#epochs": 1}, **shipped_overrides(tmp_path, data))
     train_list = wf.parser.get_parsed_content("train#datalist")
     val_list = wf.parser.get_parsed_content("validate#datalist")
@@ -206,11 +208,13 @@ def test_shipped_recipe_trains_fine_tunes_and_writes_fp16_weights(tmp_path):
     assert dtypes["backbone.conv1.0.weight"] == torch.float16
     assert all(dtypes[k] == torch.float32 for k in dtypes if k.endswith(("running_mean", "running_var")))
     InfNet().load_state_dict(shipped)  # loads into the fp32 network as it is
+    assert network_size(tmp_path / "bundle" / "models" / "model.pt") == 64  # the size it was trained at
     assert (tmp_path / "run" / "model.pt").is_file() and (tmp_path / "run" / "finetune" / "model.pt").is_file()
 
 
 def test_shipped_recipe_resumes_from_the_last_epoch(tmp_path):
     data = write_shipped_data(tmp_path / "data")
+    copy_bundle(tmp_path / "bundle")
     over = shipped_overrides(tmp_path, data, **{"finetune#epochs": 1})
     first = workflow(["train.json", "train_shipped.json"], epochs=3, **over)
     trainer = first.parser.get_parsed_content("train#trainer")

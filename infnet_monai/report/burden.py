@@ -4,7 +4,8 @@ Conventions (one volume, geometry from its MONAI affine):
 
 * voxel volume = |det| of the affine's 3x3 part (mm^3) / 1000, in mL.
 * lung labels: 1 = right, 2 = left lung (a binary lung mask is split with
-  :func:`~infnet_monai.transforms.lung.label_sides`).
+  :func:`~infnet_monai.transforms.lung.label_sides`); 3 (the rest of the thoracic cavity, from
+  :class:`~infnet_monai.transforms.lung.LungMask`) is not lung.
 * infection = mask > 0 (ground-glass and consolidation labels alike). Infection inside a lung
   counts for that lung. An infection component outside the lung mask that comes within
   ``attach_mm`` of a lung (e.g. dense consolidation that an HU lung mask leaves out) counts too,
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from infnet_monai.transforms.lung import LEFT_LUNG, RIGHT_LUNG, dilate_mm, label_sides
+from infnet_monai.transforms.lung import LEFT_LUNG, RIGHT_LUNG, THORAX, dilate_mm, label_sides
 from infnet_monai.utils import atomic_output
 from infnet_monai.utils.geometry import affine_of, axial_axis, slice_z_mm, voxel_spacing, voxel_volume_ml
 
@@ -59,9 +60,14 @@ def _volume(x: Any) -> np.ndarray:
 
 
 def _sided_lung(lung: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Right (1) / left (2) lung labels; the rest of the thoracic cavity (3) is not lung."""
     values = np.unique(lung)
-    if not set(values.tolist()) <= {0, RIGHT_LUNG, LEFT_LUNG}:
-        raise ValueError(f"lung mask must hold 0, 1 (right), 2 (left) or be binary; found values {values[:8]}")
+    if not set(values.tolist()) <= {0, RIGHT_LUNG, LEFT_LUNG, THORAX}:
+        raise ValueError(
+            f"lung mask must hold 0, 1 (right), 2 (left), 3 (rest of the thorax) or be binary; found values {values[:8]}"
+        )
+    if THORAX in values:
+        lung = np.where(lung == THORAX, 0, lung)
     if LEFT_LUNG not in values and RIGHT_LUNG in values:
         return label_sides(lung > 0, affine)
     return lung.astype(np.uint8)

@@ -34,9 +34,12 @@ from scipy import ndimage
 
 from infnet_monai.utils.geometry import affine_of, axial_axis, voxel_spacing, voxel_volume_ml
 
+from .lung_pathology import dependent_fill, mirror_sides, pocket_fill, thoracic_cavity
+
 __all__ = [
     "RIGHT_LUNG",
     "LEFT_LUNG",
+    "THORAX",
     "LungMaskParams",
     "lung_labels",
     "label_sides",
@@ -52,6 +55,7 @@ __all__ = [
 
 RIGHT_LUNG = 1
 LEFT_LUNG = 2
+THORAX = 3  # the rest of the thoracic cavity: mediastinum, heart, pleural space, hila
 
 # In-plane 4-connectivity with no link between slices: makes ndimage ops act per axial slice
 # on arrays whose last axis is the slice axis.
@@ -476,9 +480,24 @@ class LungMaskParams:
         airway_search_mm: depth below the first in-body air searched for the trachea (mm).
         airway_merge_mm: how far a followed airway may run touching a lung in the axial slices
             before it counts as having entered the lung (mm).
+        fill_pathology: add diseased lung and the thoracic cavity
+            (:mod:`~infnet_monai.transforms.lung_pathology`); False gives aerated lung only.
+        max_dense_hu: densest tissue the dependent fill adds to a lung (HU; effusion and muscle
+            are denser).
+        max_fill_mm: longest posterior run the dependent fill adds (mm).
+        fat_low_hu, fat_high_hu: HU range of fat, which fills leave out.
+        bone_hu: bone (ribs, spine, sternum) for the thoracic cavity (HU).
+        rib_margin_mm: bone within this in-plane distance of a lung frames the cavity (mm).
     """
 
     threshold_hu: float = -320.0
+    fill_pathology: bool = True
+    max_dense_hu: float = -20.0
+    max_fill_mm: float = 80.0
+    fat_low_hu: float = -160.0
+    fat_high_hu: float = -60.0
+    bone_hu: float = 200.0
+    rib_margin_mm: float = 30.0
     min_component_ml: float = 50.0
     working_spacing_mm: float = 1.6
     closing_mm: float = 3.0
@@ -507,7 +526,8 @@ def lung_labels(hu: np.ndarray, affine: np.ndarray, **params: float) -> np.ndarr
     coarse_affine[:3, 3] = affine_t[:3, 3] + affine_t[:3, :2] @ ((np.asarray(factors) - 1) / 2.0)
     coarse_spacing = voxel_spacing(coarse_affine)
 
-    air = _block_mean(hu_t, factors) < p.threshold_hu
+    mean_hu = _block_mean(hu_t, factors)
+    air = mean_hu < p.threshold_hu
     body = _body_mask(~air, max(1, int(round(p.body_opening_mm / coarse_spacing[:2].mean()))))
     candidates = air & body
     candidates &= ~_airway_mask(candidates, body, coarse_affine, p)
@@ -521,7 +541,62 @@ def lung_labels(hu: np.ndarray, affine: np.ndarray, **params: float) -> np.ndarr
     closing_voxels = int(round(p.closing_mm / coarse_spacing[:2].mean()))
     labels_c = _close_and_fill(labels_c, closing_voxels)
     labels_t = _refine(labels_c, hu_t < p.threshold_hu, factors)
+    if p.fill_pathology:
+        extra_c, dependent_c = _pathology_and_cavity(labels_c, mean_hu, body, coarse_affine, p)
+        box = _bbox(extra_c > 0, [0, 0, 0])
+        if box is not None:
+            full_box = tuple(
+                slice(b.start * f, min(n, b.stop * f)) for b, f, n in zip(box[:2], factors, labels_t.shape[:2])
+            ) + box[2:]
+            shape = [b.stop - b.start for b in full_box[:2]]
+            extra = _upsample(extra_c[box], factors, shape)
+            # the dependent fill keeps its density limit at full resolution (a coarse voxel at
+            # the lung's edge mixes lung and chest wall)
+            hu_box = hu_t[full_box]
+            too_dense = _upsample(dependent_c[box], factors, shape) & (hu_box > p.max_dense_hu)
+            # the cavity outside the lungs holds no air at full resolution (skin, airways)
+            outside_air = (extra == THORAX) & (hu_box < p.threshold_hu)
+            region = labels_t[full_box]
+            np.copyto(region, extra, where=(region == 0) & (extra > 0) & ~too_dense & ~outside_air)
     return np.ascontiguousarray(np.transpose(labels_t, np.argsort(perm))).astype(np.uint8)
+
+
+def _pathology_and_cavity(
+    labels_c: np.ndarray, mean_hu: np.ndarray, body: np.ndarray, affine: np.ndarray, p: LungMaskParams
+) -> tuple[np.ndarray, np.ndarray]:
+    """Coarse labels of what the aerated ``labels_c`` miss: diseased lung per side (1, 2) and the
+    rest of the thoracic cavity (:data:`THORAX`), 0 elsewhere and on the aerated lung; and the
+    boolean mask of the lung voxels added by the dependent fill alone."""
+    spacing = voxel_spacing(affine)
+    extra = np.zeros(labels_c.shape, dtype=np.uint8)
+    dependent_all = np.zeros(labels_c.shape, dtype=bool)
+    # everything happens near the lungs: within the longest fill / rib margin in-plane
+    reach_mm = max(p.max_fill_mm, p.rib_margin_mm) + 2 * float(spacing[:2].max())
+    box = _bbox(labels_c > 0, [int(np.ceil(reach_mm / s)) for s in spacing[:2]] + [0])
+    if box is None:
+        return extra, dependent_all
+    sub_labels, sub_hu, sub_body = labels_c[box], mean_hu[box], body[box]
+    box_affine = _shift(affine, [s.start for s in box])
+    fat = (sub_hu >= p.fat_low_hu) & (sub_hu <= p.fat_high_hu)
+    fat_core = ndimage.binary_opening(fat, structure=_INPLANE)
+    free = (sub_labels == 0) & ~fat_core
+    sub_extra = extra[box]
+    for side in (RIGHT_LUNG, LEFT_LUNG):
+        lung = sub_labels == side
+        dependent = dependent_fill(
+            lung, sub_hu, sub_body, box_affine, spacing, p.threshold_hu, p.max_dense_hu, p.max_fill_mm
+        ) & free & (sub_extra == 0)
+        grown = lung | dependent
+        pockets = pocket_fill(grown, sub_hu, box_affine, side == RIGHT_LUNG, (p.fat_low_hu, p.fat_high_hu))
+        enclosed = _per_slice_fill(grown | (pockets & free & (sub_extra == 0)))
+        dependent_all[box] |= dependent & ~_per_slice_fill(lung | (pockets & free))
+        sub_extra[enclosed & (sub_labels == 0) & (sub_extra == 0)] = side
+    lungs = (labels_c > 0) | (extra > 0)
+    cavity = np.zeros_like(lungs)
+    cavity[box] = thoracic_cavity(lungs[box], sub_hu, sub_body, box_affine, p.bone_hu, p.rib_margin_mm)
+    cavity = (cavity | mirror_sides(cavity, body, affine)) & body
+    extra[cavity & ~lungs] = THORAX
+    return extra, dependent_all
 
 
 def _axial_index(img: Any) -> int:

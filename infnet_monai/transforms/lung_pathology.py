@@ -1,0 +1,181 @@
+"""Diseased lung and the thoracic cavity around an aerated-lung mask (HU, no learned model).
+
+An HU threshold keeps only aerated lung: consolidation, dense ground-glass opacity, atelectasis
+and tumour fall outside it. They lie where the aerated lung leaves a gap inside the chest wall,
+so they are filled in from the aerated lung's shape, per axial slice and side:
+
+1. **Dependent fill** (:func:`dependent_fill`): from the posterior edge of each lung, along the
+   posterior direction, tissue up to ``max_dense_hu`` is added when its run ends at denser
+   tissue (chest wall, ribs, spine) within ``max_fill_mm``: the dependent consolidation of a
+   supine patient. Fluid (pleural effusion, about 0-20 HU) and muscle are denser than the
+   default -20 HU and stop the fill; fat cores (``fat_hu``) are taken out again.
+2. **Pockets** (:func:`pocket_fill`): concavities of the lung closed along the rows or the
+   columns of the slice (peripheral consolidation or a tumour touching the chest wall, the gaps
+   between dependent-fill runs), of any density, unless they open medially or
+   antero-medially (hilum, heart, mediastinum) or are mostly fat.
+3. **Thoracic cavity** (:func:`thoracic_cavity`): the lungs, the bones near them (ribs, spine,
+   sternum) and what lies between, per slice (the span of rows intersected with the span of
+   columns): lungs, mediastinum, heart, pleural space. Infection found there is inside the
+   thorax, whatever its density; the restriction of infection masks and the crops use it.
+
+Arrays are (X, Y, Z) with the slice axis last, on the coarse grid of
+:func:`~infnet_monai.transforms.lung.lung_labels`; ``affine`` maps them to RAS world (mm).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = ["span_fill", "posterior_axis", "dependent_fill", "pocket_fill", "mirror_sides", "thoracic_cavity"]
+
+_INPLANE = np.zeros((3, 3, 3), dtype=bool)
+_INPLANE[:, :, 1] = ndimage.generate_binary_structure(2, 1)
+
+
+def span_fill(mask: np.ndarray, axis: int) -> np.ndarray:
+    """Voxels between the first and the last ``mask`` voxel of their line along ``axis``."""
+    n = mask.shape[axis]
+    first = np.where(mask.any(axis=axis), np.argmax(mask, axis=axis), n)
+    last = n - 1 - np.argmax(np.flip(mask, axis), axis=axis)
+    shape = [1] * mask.ndim
+    shape[axis] = n
+    index = np.arange(n).reshape(shape)
+    return (index >= np.expand_dims(first, axis)) & (index <= np.expand_dims(last, axis))
+
+
+def posterior_axis(affine: np.ndarray) -> tuple[int, int]:
+    """(in-plane array axis 0 or 1, +1 or -1): the index direction closest to world posterior."""
+    y = np.asarray(affine, dtype=np.float64)[1, :2]  # world y (+ = anterior) per index step
+    axis = int(np.argmax(np.abs(y)))
+    return axis, -1 if y[axis] > 0 else 1
+
+
+def dependent_fill(
+    lung: np.ndarray, hu: np.ndarray, body: np.ndarray, affine: np.ndarray, spacing: Sequence[float],
+    threshold_hu: float, max_dense_hu: float, max_fill_mm: float,
+) -> np.ndarray:
+    """Voxels posterior of ``lung`` (bool) up to denser tissue: see the module docstring.
+
+    Along every posterior line (index axis of :func:`posterior_axis`) the run of voxels after
+    the line's last lung voxel with ``threshold_hu <= hu <= max_dense_hu`` inside ``body`` is
+    returned when the voxel ending it is denser than ``max_dense_hu`` and the run is at most
+    ``max_fill_mm`` long.
+    """
+    axis, step = posterior_axis(affine)
+    out = np.zeros_like(lung)
+    if not lung.any():
+        return out
+    # work with the posterior direction along axis 0, increasing index
+    order = (axis, 1 - axis, 2)
+    lung_t = np.transpose(lung, order)
+    hu_t = np.transpose(hu, order)
+    body_t = np.transpose(body, order)
+    if step < 0:
+        lung_t, hu_t, body_t = lung_t[::-1], hu_t[::-1], body_t[::-1]
+    n = lung_t.shape[0]
+    index_type = np.int16 if n < np.iinfo(np.int16).max else np.int32
+    index = np.arange(n, dtype=index_type).reshape(-1, 1, 1)
+    has_lung = lung_t.any(axis=0)
+    last = np.where(has_lung, n - 1 - np.argmax(lung_t[::-1], axis=0), -1)  # last lung index per line
+    passable = (hu_t >= threshold_hu) & (hu_t <= max_dense_hu) & body_t
+    blocked_at = np.where(passable, index_type(n), index)  # first non-passable index at or after each voxel
+    next_block = np.flip(np.minimum.accumulate(np.flip(blocked_at, 0), axis=0), 0)
+    start = np.clip(last + 1, 0, n - 1)
+    stop = np.take_along_axis(next_block, start[None], axis=0)[0]
+    stop_dense = np.take_along_axis(hu_t, np.clip(stop, 0, n - 1)[None], axis=0)[0] > max_dense_hu
+    max_steps = int(np.floor(max_fill_mm / float(spacing[axis])))
+    accept = has_lung & (last + 1 < n) & (stop < n) & stop_dense & (stop - start <= max_steps)
+    filled_t = accept[None] & (index >= start[None]) & (index < stop[None])
+    if step < 0:
+        filled_t = filled_t[::-1]
+    return np.transpose(filled_t, np.argsort(order))
+
+
+def pocket_fill(
+    lung: np.ndarray, hu: np.ndarray, affine: np.ndarray, side_is_right: bool, fat_hu: Sequence[float],
+) -> np.ndarray:
+    """Concavities of ``lung`` (one side, bool) closed along rows or columns, per slice.
+
+    A concavity (in-plane connected component of the row or column span minus the lung) is kept
+    when, seen from the lung's centre in its slice, it lies posteriorly (within 60° of the
+    posterior direction: dependent lung, the paravertebral gutter) or laterally (within 45° of
+    the lateral direction: the chest wall side); medial and anterior concavities (hilum, heart,
+    mediastinum, the liver and spleen under the domes of the diaphragm) stay out. Concavities
+    whose mean HU lies within ``fat_hu`` (low, high) are fat and stay out.
+    """
+    out = np.zeros_like(lung)
+    if not lung.any():
+        return out
+    pockets = (span_fill(lung, 0) | span_fill(lung, 1)) & ~lung
+    labels, n = ndimage.label(pockets, structure=_INPLANE)
+    if n == 0:
+        return out
+    where = np.nonzero(labels)
+    lab = labels[where]
+    count = np.maximum(np.bincount(lab, minlength=n + 1)[1:], 1).astype(np.float64)
+
+    def pocket_mean(values: np.ndarray) -> np.ndarray:
+        return np.bincount(lab, weights=values, minlength=n + 1)[1:] / count
+
+    centres = np.stack([pocket_mean(i) for i in where], axis=1)
+    mean_hu = pocket_mean(hu[where])
+    # the side's lung centre in the pocket's slice
+    lung_count = lung.sum(axis=(0, 1)).astype(np.float64)
+    gx = np.einsum("xyz,x->z", lung.astype(np.float64), np.arange(lung.shape[0], dtype=np.float64))
+    gy = np.einsum("xyz,y->z", lung.astype(np.float64), np.arange(lung.shape[1], dtype=np.float64))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centre_x, centre_y = gx / lung_count, gy / lung_count
+    z = np.clip(np.round(centres[:, 2]).astype(int), 0, lung.shape[2] - 1)
+    offset = np.stack([centres[:, 0] - centre_x[z], centres[:, 1] - centre_y[z]], axis=1)  # index units
+    # in world mm: in-plane columns of the affine
+    world = offset @ np.asarray(affine, dtype=np.float64)[:2, :2].T  # (n, 2): world x, y
+    length = np.linalg.norm(world, axis=1) + 1e-9
+    lateral = world[:, 0] * (1.0 if side_is_right else -1.0) / length  # + = towards the side
+    posterior = -world[:, 1] / length  # + = posterior
+    facing_wall = (posterior >= 0.5) | (lateral >= np.cos(np.pi / 4))
+    fat = (mean_hu >= fat_hu[0]) & (mean_hu <= fat_hu[1])
+    keep = np.zeros(n + 1, dtype=bool)
+    keep[1:] = facing_wall & ~fat
+    return keep[labels]
+
+
+def mirror_sides(mask: np.ndarray, body: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """``mask`` reflected, per slice, across the body's midline (the plane through the body's
+    centre perpendicular to the in-plane index axis closest to world left-right)."""
+    axis = int(np.argmax(np.abs(np.asarray(affine, dtype=np.float64)[0, :2])))
+    out = np.zeros_like(mask)
+    n = mask.shape[axis]
+    for z in np.flatnonzero(mask.any(axis=(0, 1)) & body.any(axis=(0, 1))):
+        profile = body[:, :, z].sum(axis=1 - axis).astype(np.float64)
+        twice_centre = int(round(2 * (profile @ np.arange(n)) / profile.sum()))
+        source = twice_centre - np.arange(n)
+        valid = (source >= 0) & (source < n)
+        target = np.flatnonzero(valid)
+        if axis == 0:
+            out[target, :, z] = mask[source[valid], :, z]
+        else:
+            out[:, target, z] = mask[:, source[valid], z]
+    return out
+
+
+def thoracic_cavity(
+    lungs: np.ndarray, hu: np.ndarray, body: np.ndarray, affine: np.ndarray, bone_hu: float, rib_margin_mm: float,
+) -> np.ndarray:
+    """Lungs + nearby bone + what lies between them, per axial slice, inside ``body`` (bool).
+
+    Bone (``hu > bone_hu``) counts when it lies within ``rib_margin_mm`` (in-plane, square
+    neighbourhood) of a lung in its slice; the cavity is the union of the row span and the
+    column span of lungs and that bone. Join it with its mirror image across the body's
+    midline (:func:`mirror_sides`, on the whole slice) so that a hemithorax without any aerated
+    lung is kept too.
+    """
+    if not lungs.any():
+        return np.zeros_like(lungs)
+    spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :2], axis=0)
+    reach = [max(1, int(np.ceil(rib_margin_mm / float(s)))) for s in spacing]
+    near = ndimage.maximum_filter(lungs, size=(2 * reach[0] + 1, 2 * reach[1] + 1, 1))
+    frame = lungs | (near & (hu > bone_hu) & body)
+    return (span_fill(frame, 0) | span_fill(frame, 1)) & body
