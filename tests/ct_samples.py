@@ -111,3 +111,74 @@ def real_lung(series_dir: Path) -> MetaTensor:
     from infnet_monai.transforms.lung import LungMask
 
     return LungMask()(real_ct(series_dir))
+
+
+# ---------------------------------------------------------------- a chest with diseased lungs
+
+CHEST_SPACING = (1.0, 1.0, 5.0)  # mm
+CHEST_SHAPE = (360, 280, 24)
+HEMITHORAX_X, HEMITHORAX_Y = 75.0, -5.0  # |x| and y (mm) of the hemithorax centres
+HEMITHORAX_AXES = (60.0, 85.0, 100.0)  # mm
+HU_MUSCLE, HU_FAT, HU_BONE = 40.0, -100.0, 700.0
+HU_CONSOLIDATION, HU_GGO, HU_EFFUSION = -50.0, -600.0, 10.0
+
+
+def diseased_chest(disease: bool = True, effusion: bool = False) -> dict:
+    """A chest CT (1, X, Y, Z) in HU, RAS, 1 x 1 x 5 mm, with the parts a lung mask must tell apart.
+
+    Body: an ellipse (170 x 125 mm) of muscle (+40 HU) under 12 mm of subcutaneous fat; ribs
+    (bone, 12 x 7 mm) on a ring around the hemithoraces, a vertebral body behind and a sternum in
+    front; the heart (+40 HU) between the lungs; two hemithorax ellipsoids of aerated lung
+    (-850 HU). ``disease``: the right lung has diffuse ground-glass opacity (-600 HU) over all of
+    it and a peripheral consolidation (-50 HU, a 22 mm ball) touching the lateral chest wall; the
+    left lung a dependent consolidation (-50 HU) over its posterior third. ``effusion``: a
+    crescent of fluid (+10 HU) fills the dependent part of the left hemithorax, the lung floats
+    above it. Returns the CT and boolean truth masks (X, Y, Z): ``right``, ``left`` (lungs,
+    effusion excluded), ``ggo``, ``peripheral``, ``dependent``, ``effusion``, ``heart``,
+    ``chest_wall`` (body outside the rib ring), ``affine``.
+    """
+    affine = np.diag([*CHEST_SPACING, 1.0])
+    affine[:3, 3] = -affine[:3, :3] @ ((np.asarray(CHEST_SHAPE) - 1) / 2.0)
+    x, y, z = world_grid(affine, CHEST_SHAPE)
+    xyz = np.stack([x, y, z])
+    body = (x / 170.0) ** 2 + (y / 125.0) ** 2 <= 1.0
+    inner_body = (x / 158.0) ** 2 + (y / 113.0) ** 2 <= 1.0
+    ring_x, ring_y, ring_cy = 152.0, 112.0, -5.0  # the rib ring
+    inside_ring = (x / ring_x) ** 2 + ((y - ring_cy) / ring_y) ** 2 <= 1.0
+    hu = np.full(CHEST_SHAPE, HU_AIR, dtype=np.float32)
+    hu[body] = HU_FAT
+    hu[inner_body] = HU_MUSCLE
+    bone = np.zeros(CHEST_SHAPE, dtype=bool)
+    for angle in np.deg2rad(np.arange(-150, 181, 22.5)):
+        if abs(np.rad2deg(angle) - 90) < 20:  # the sternum's place
+            continue
+        cx, cy = ring_x * np.cos(angle), ring_cy + ring_y * np.sin(angle)
+        bone |= inside_ellipsoid(xyz, (cx, cy, 0.0), (6.0, 6.0, 1e4))
+    bone |= inside_ellipsoid(xyz, (0.0, -95.0, 0.0), (18.0, 16.0, 1e4))  # vertebral body
+    bone |= inside_ellipsoid(xyz, (0.0, 102.0, 0.0), (14.0, 5.0, 1e4))  # sternum
+    hu[bone] = HU_BONE
+    heart = inside_ellipsoid(xyz, (-10.0, 30.0, -30.0), (38.0, 42.0, 60.0))
+    hu[heart] = HU_MUSCLE
+    right = inside_ellipsoid(xyz, (HEMITHORAX_X, HEMITHORAX_Y, 0.0), HEMITHORAX_AXES)
+    left = inside_ellipsoid(xyz, (-HEMITHORAX_X, HEMITHORAX_Y, 0.0), HEMITHORAX_AXES)
+    right &= ~heart
+    left &= ~heart
+    hu[right | left] = HU_LUNG
+    none = np.zeros(CHEST_SHAPE, dtype=bool)
+    ggo, peripheral, dependent, fluid = none, none, none, none
+    if disease:
+        ggo = right.copy()
+        hu[ggo] = HU_GGO
+        peripheral = right & inside_ellipsoid(xyz, (HEMITHORAX_X + 52.0, HEMITHORAX_Y, 0.0), (22.0, 22.0, 22.0))
+        dependent = left & (y < HEMITHORAX_Y - HEMITHORAX_AXES[1] + 2 * HEMITHORAX_AXES[1] / 3)
+        hu[peripheral | dependent] = HU_CONSOLIDATION
+    if effusion:
+        floating = inside_ellipsoid(xyz, (-HEMITHORAX_X, HEMITHORAX_Y + 14.0, 0.0), (57.0, 72.0, 100.0))
+        fluid = left & ~floating & (y < HEMITHORAX_Y)
+        hu[fluid] = HU_EFFUSION
+        left = left & ~fluid
+    ct = MetaTensor(torch.from_numpy(hu[None]), affine=torch.from_numpy(affine))
+    return {
+        "ct": ct, "affine": affine, "right": right, "left": left, "ggo": ggo, "peripheral": peripheral,
+        "dependent": dependent, "effusion": fluid, "heart": heart & body, "chest_wall": body & ~inside_ring,
+    }

@@ -8,6 +8,7 @@ import pytest
 import torch
 from ct_samples import (
     LUNG_AXES,
+    diseased_chest,
     RAS_LABELS,
     SPACING,
     discretisation_bound_ml,
@@ -24,6 +25,7 @@ from scipy import ndimage
 from infnet_monai.transforms.lung import (
     LEFT_LUNG,
     RIGHT_LUNG,
+    THORAX,
     LungMask,
     LungMaskd,
     RestrictToLung,
@@ -279,3 +281,85 @@ def test_real_ct_lung_mask_holds_on_thin_slices(dicom_series_dir):
         ref_ml = ref.sum() * voxel_volume_ml(ct.affine.numpy())
         got_ml = got.sum() * voxel_volume_ml(thin_affine)
         assert abs(got_ml - ref_ml) <= 0.06 * ref_ml, (label, got_ml, ref_ml)
+
+
+# ---------------------------------------------------------------- diseased lungs stay inside
+
+def _fraction_in(mask: np.ndarray, region: np.ndarray) -> float:
+    return float(np.count_nonzero(mask & region)) / float(np.count_nonzero(region))
+
+
+@pytest.fixture(scope="module")
+def diseased():
+    ph = diseased_chest(disease=True)
+    return ph, LungMask()(ph["ct"])[0].numpy()
+
+
+def test_consolidation_and_ggo_stay_inside_the_lung_mask(diseased):
+    ph, labels = diseased
+    right, left = labels == RIGHT_LUNG, labels == LEFT_LUNG
+    # each region inside its own lung: GGO over the whole right lung, a -50 HU consolidation on the
+    # lateral chest wall (right), a -50 HU dependent consolidation over the posterior third (left)
+    assert _fraction_in(right, ph["ggo"]) >= 0.95
+    assert _fraction_in(right, ph["peripheral"]) >= 0.95
+    assert _fraction_in(left, ph["dependent"]) >= 0.95
+    lungs = right | left
+    assert _fraction_in(~lungs, ph["heart"]) >= 0.95 and _fraction_in(~lungs, ph["chest_wall"]) >= 0.95
+    for found, truth in ((right, ph["right"]), (left, ph["left"])):
+        assert abs(int(found.sum()) - int(truth.sum())) <= 0.05 * truth.sum()
+    # the heart and the mediastinum are thoracic cavity (label 3), the chest wall beyond the ribs is not
+    assert _fraction_in(labels == THORAX, ph["heart"]) >= 0.95
+    assert _fraction_in(labels == 0, ph["chest_wall"]) >= 0.8
+
+
+def test_the_aerated_lung_alone_misses_the_consolidations(diseased):
+    """What the mask did before it filled diseased lung in: the same phantom without the fills."""
+    ph, _ = diseased
+    aerated = LungMask(fill_pathology=False)(ph["ct"])[0].numpy() > 0
+    assert _fraction_in(aerated, ph["dependent"]) < 0.1 and _fraction_in(aerated, ph["peripheral"]) < 0.5
+
+
+def test_pleural_effusion_stays_outside_the_lung_but_inside_the_thorax():
+    ph = diseased_chest(disease=False, effusion=True)
+    labels = LungMask()(ph["ct"])[0].numpy()
+    lungs = np.isin(labels, (RIGHT_LUNG, LEFT_LUNG))
+    assert _fraction_in(~lungs, ph["effusion"]) >= 0.95
+    assert _fraction_in(labels == THORAX, ph["effusion"]) >= 0.9  # infection found there is kept
+    left = labels == LEFT_LUNG
+    assert abs(int(left.sum()) - int(ph["left"].sum())) <= 0.05 * ph["left"].sum()
+
+
+def test_restriction_keeps_dense_lung_and_drops_findings_outside_the_thorax(diseased):
+    ph, labels = diseased
+    lung = MetaTensor(torch.from_numpy(labels[None]), affine=torch.from_numpy(ph["affine"]))
+    infection = ph["dependent"] | ph["peripheral"]
+    outside = np.zeros_like(infection)
+    outside[5:15, 5:15, :] = True  # air beside the body (the scanner table's place)
+    wall = ph["chest_wall"] & (np.indices(infection.shape)[1] > 250)  # anterior chest wall, under the skin
+    mask = torch.from_numpy((infection | outside | wall)[None].astype(np.uint8))
+    kept = RestrictToLung(dilation_mm=5.0)(mask, lung)[0].numpy() > 0
+    assert _fraction_in(kept, infection) == 1.0
+    assert not (kept & outside).any() and _fraction_in(kept, wall) < 0.1
+
+
+def test_real_ct_tumour_is_inside_the_lung_and_the_volume_stays(dicom_series_dir):
+    """The left upper lobe tumour of the shared series (soft tissue on the posterior chest wall,
+    outside an aerated-lung mask) is inside the left lung; the lung volume grows by less than 5 %."""
+    ct, lung = real_ct(dicom_series_dir), real_lung(dicom_series_dir)
+    affine = ct.affine.numpy()
+    labels = lung[0].numpy()
+    aerated = LungMask(fill_pathology=False)(ct)[0].numpy()
+    for side in (RIGHT_LUNG, LEFT_LUNG):
+        before, after = np.count_nonzero(aerated == side), np.count_nonzero(labels == side)
+        print(f"side {side}: aerated {before * voxel_volume_ml(affine):.0f} mL, with the fills {after * voxel_volume_ml(affine):.0f} mL")
+    before, after = np.count_nonzero(aerated > 0), np.count_nonzero(np.isin(labels, (RIGHT_LUNG, LEFT_LUNG)))
+    assert before < after <= 1.05 * before
+    # points in the tumour (world mm, RAS), soft tissue between 0 and 100 HU around each
+    inverse = np.linalg.inv(affine)
+    grid = np.indices(labels.shape).reshape(3, -1).T
+    for point in [(-37.1, -190.6, -214.0), (-43.0, -204.1, -209.0), (-41.3, -197.4, -194.0), (-39.7, -193.1, -204.0)]:
+        index = np.round(inverse[:3, :3] @ np.asarray(point) + inverse[:3, 3]).astype(int)
+        assert labels[tuple(index)] == LEFT_LUNG and aerated[tuple(index)] == 0
+        box = tuple(slice(i - 6, i + 7) for i in index[:2]) + (slice(index[2], index[2] + 1),)
+        assert 0.0 < float(ct[0].numpy()[box].mean()) < 100.0
+        assert np.mean(labels[box] == LEFT_LUNG) >= 0.9

@@ -34,7 +34,14 @@ from scipy import ndimage
 
 from infnet_monai.utils.geometry import affine_of, axial_axis, voxel_spacing, voxel_volume_ml
 
-from .lung_pathology import dependent_fill, mirror_sides, pocket_fill, thoracic_cavity
+from .lung_pathology import (
+    dependent_fill,
+    index_direction,
+    mirror_sides,
+    pocket_fill,
+    posterior_axis,
+    thoracic_cavity,
+)
 
 __all__ = [
     "RIGHT_LUNG",
@@ -550,14 +557,26 @@ def lung_labels(hu: np.ndarray, affine: np.ndarray, **params: float) -> np.ndarr
             ) + box[2:]
             shape = [b.stop - b.start for b in full_box[:2]]
             extra = _upsample(extra_c[box], factors, shape)
-            # the dependent fill keeps its density limit at full resolution (a coarse voxel at
-            # the lung's edge mixes lung and chest wall)
+            # the dependent fill keeps its density limits at full resolution (a coarse voxel at
+            # the lung's edge mixes lung with chest wall or extrapleural fat)
             hu_box = hu_t[full_box]
-            too_dense = _upsample(dependent_c[box], factors, shape) & (hu_box > p.max_dense_hu)
+            fat_or_dense = (hu_box > p.max_dense_hu) | ((hu_box >= p.fat_low_hu) & (hu_box <= p.fat_high_hu))
+            too_dense = _upsample(dependent_c[box], factors, shape) & fat_or_dense
             # the cavity outside the lungs holds no air at full resolution (skin, airways)
             outside_air = (extra == THORAX) & (hu_box < p.threshold_hu)
             region = labels_t[full_box]
             np.copyto(region, extra, where=(region == 0) & (extra > 0) & ~too_dense & ~outside_air)
+            # the filled edge at full resolution: one coarse voxel of lung-density tissue around it
+            edge = (region == 0) | (region == THORAX)
+            edge &= ~fat_or_dense & (hu_box >= p.threshold_hu)
+            for side in (RIGHT_LUNG, LEFT_LUNG):
+                added = (extra == side) & (region == side)
+                if added.any():
+                    grown = ndimage.binary_dilation(
+                        added, structure=_INPLANE, iterations=max(factors), mask=edge | added
+                    )  # geodesic: through edge voxels only, no islands
+                    region[grown & edge] = side
+                    edge &= ~grown
     return np.ascontiguousarray(np.transpose(labels_t, np.argsort(perm))).astype(np.uint8)
 
 
@@ -583,9 +602,14 @@ def _pathology_and_cavity(
     sub_extra = extra[box]
     for side in (RIGHT_LUNG, LEFT_LUNG):
         lung = sub_labels == side
-        dependent = dependent_fill(
-            lung, sub_hu, sub_body, box_affine, spacing, p.threshold_hu, p.max_dense_hu, p.max_fill_mm
-        ) & free & (sub_extra == 0)
+        dependent = np.zeros_like(lung)
+        lateral = (1.0, 0.0) if side == RIGHT_LUNG else (-1.0, 0.0)  # world x: + = patient right
+        for direction in (posterior_axis(box_affine), index_direction(box_affine, lateral)):
+            dependent |= dependent_fill(
+                lung, sub_hu, sub_body, box_affine, spacing, p.threshold_hu, p.max_dense_hu, p.max_fill_mm,
+                direction,
+            )
+        dependent &= free & (sub_extra == 0)
         grown = lung | dependent
         pockets = pocket_fill(grown, sub_hu, box_affine, side == RIGHT_LUNG, (p.fat_low_hu, p.fat_high_hu))
         enclosed = _per_slice_fill(grown | (pockets & free & (sub_extra == 0)))

@@ -4,11 +4,12 @@ An HU threshold keeps only aerated lung: consolidation, dense ground-glass opaci
 and tumour fall outside it. They lie where the aerated lung leaves a gap inside the chest wall,
 so they are filled in from the aerated lung's shape, per axial slice and side:
 
-1. **Dependent fill** (:func:`dependent_fill`): from the posterior edge of each lung, along the
-   posterior direction, tissue up to ``max_dense_hu`` is added when its run ends at denser
-   tissue (chest wall, ribs, spine) within ``max_fill_mm``: the dependent consolidation of a
-   supine patient. Fluid (pleural effusion, about 0-20 HU) and muscle are denser than the
-   default -20 HU and stop the fill; fat cores (``fat_hu``) are taken out again.
+1. **Dependent and lateral fill** (:func:`dependent_fill`): from the posterior edge of each
+   lung along the posterior direction, and from its lateral edge towards the chest wall, tissue
+   up to ``max_dense_hu`` is added when its run ends at denser tissue (chest wall, ribs, spine)
+   within ``max_fill_mm``: the dependent consolidation of a supine patient, consolidation along
+   the lateral chest wall. Fluid (pleural effusion, about 0-20 HU) and muscle are denser than
+   the default -20 HU and stop the fill; fat (``fat_hu``) is taken out again.
 2. **Pockets** (:func:`pocket_fill`): concavities of the lung closed along the rows or the
    columns of the slice (peripheral consolidation or a tumour touching the chest wall, the gaps
    between dependent-fill runs), of any density, unless they open medially or
@@ -29,7 +30,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["span_fill", "posterior_axis", "dependent_fill", "pocket_fill", "mirror_sides", "thoracic_cavity"]
+__all__ = ["span_fill", "index_direction", "posterior_axis", "dependent_fill", "pocket_fill", "mirror_sides", "thoracic_cavity"]
 
 _INPLANE = np.zeros((3, 3, 3), dtype=bool)
 _INPLANE[:, :, 1] = ndimage.generate_binary_structure(2, 1)
@@ -46,25 +47,31 @@ def span_fill(mask: np.ndarray, axis: int) -> np.ndarray:
     return (index >= np.expand_dims(first, axis)) & (index <= np.expand_dims(last, axis))
 
 
+def index_direction(affine: np.ndarray, world: Sequence[float]) -> tuple[int, int]:
+    """(in-plane array axis 0 or 1, +1 or -1): the index direction closest to the in-plane
+    ``world`` direction (x, y; RAS: +x patient right, +y anterior)."""
+    along = np.asarray(world, dtype=np.float64) @ np.asarray(affine, dtype=np.float64)[:2, :2]
+    axis = int(np.argmax(np.abs(along)))
+    return axis, 1 if along[axis] > 0 else -1
+
+
 def posterior_axis(affine: np.ndarray) -> tuple[int, int]:
     """(in-plane array axis 0 or 1, +1 or -1): the index direction closest to world posterior."""
-    y = np.asarray(affine, dtype=np.float64)[1, :2]  # world y (+ = anterior) per index step
-    axis = int(np.argmax(np.abs(y)))
-    return axis, -1 if y[axis] > 0 else 1
+    return index_direction(affine, (0.0, -1.0))
 
 
 def dependent_fill(
     lung: np.ndarray, hu: np.ndarray, body: np.ndarray, affine: np.ndarray, spacing: Sequence[float],
-    threshold_hu: float, max_dense_hu: float, max_fill_mm: float,
+    threshold_hu: float, max_dense_hu: float, max_fill_mm: float, direction: tuple[int, int] | None = None,
 ) -> np.ndarray:
-    """Voxels posterior of ``lung`` (bool) up to denser tissue: see the module docstring.
+    """Voxels beyond ``lung`` (bool) up to denser tissue: see the module docstring.
 
-    Along every posterior line (index axis of :func:`posterior_axis`) the run of voxels after
-    the line's last lung voxel with ``threshold_hu <= hu <= max_dense_hu`` inside ``body`` is
-    returned when the voxel ending it is denser than ``max_dense_hu`` and the run is at most
-    ``max_fill_mm`` long.
+    Along every line of ``direction`` ((axis, step) of :func:`index_direction`; default
+    posterior, :func:`posterior_axis`) the run of voxels after the line's last lung voxel with
+    ``threshold_hu <= hu <= max_dense_hu`` inside ``body`` is returned when the voxel ending it
+    is denser than ``max_dense_hu`` and the run is at most ``max_fill_mm`` long.
     """
-    axis, step = posterior_axis(affine)
+    axis, step = direction or posterior_axis(affine)
     out = np.zeros_like(lung)
     if not lung.any():
         return out
