@@ -41,6 +41,15 @@ def _add_convert_weights(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_convert_weights)
 
 
+def _add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """--weights, --image-size and --device: which model runs, at what size, where."""
+    p.add_argument("--weights", help="trained Inf-Net state dict or an authors' checkpoint (default: the shipped model)")
+    p.add_argument("--image-size", type=int, default=None, metavar="S",
+                   help="in-plane network input size in px, multiple of 32 (default: the size the model was trained "
+                        "at, from its bundle's metadata.json, else the shipped model's; 352 for the authors' weights)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: GPU when present)")
+
+
 def _segment(args: argparse.Namespace) -> int:
     from infnet_monai.segment import SegmentOptions, segment_volumes
 
@@ -73,11 +82,7 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="segment CT volumes (NIfTI or DICOM series) into infection masks")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="a .nii/.nii.gz file, a DICOM series folder or a glob")
     p.add_argument("-o", "--output-dir", type=Path, required=True, help="folder for <name>_seg.nii.gz masks")
-    p.add_argument("--weights", help="trained Inf-Net state dict or an authors' checkpoint (default: the shipped model)")
-    p.add_argument("--image-size", type=int, default=None, metavar="S",
-                   help="in-plane network input size in px, multiple of 32 (default: the size the model was trained at, "
-                        "from its bundle's metadata.json; 352 for weights outside a bundle)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: GPU when present)")
+    _add_model_arguments(p)
     p.add_argument("--batch-size", type=int, default=None,
                    help="axial slices per network call (default 32 on a GPU, 2 on the CPU)")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=None,
@@ -123,11 +128,7 @@ def _add_predict_slices(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("inputs", metavar="IMAGES", help="a folder of slice images (e.g. COVID-SemiSeg Imgs/) or one image")
     p.add_argument("-o", "--output-dir", type=Path, required=True, help="folder for the <stem>.png maps")
-    p.add_argument("--weights", help="trained Inf-Net state dict or an authors' checkpoint (default: the shipped model)")
-    p.add_argument("--image-size", type=int, default=None, metavar="S",
-                   help="network input size in px (default: the model's training size from its bundle metadata; "
-                        "352 for weights outside a bundle, as the authors' script)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: GPU when present)")
+    _add_model_arguments(p)
     p.add_argument("--normalize", action="store_true",
                    help="min-max normalise each map as the authors' script does (default: probability x 255)")
     p.add_argument("--overwrite", action="store_true", help="replace existing maps")

@@ -95,7 +95,11 @@ def test_cli_and_bundle_give_the_same_masks(volumes, weights, tmp_path):
         assert 0 < np.asarray(a.dataobj).sum() < np.prod(a.shape)  # a real, non-trivial mask
 
 
-def test_missing_weights_is_a_plain_error(volumes, tmp_path, capsys):
+def test_missing_weights_is_a_plain_error(volumes, tmp_path, capsys, monkeypatch):
+    """Without --weights and without the shipped model beside the package (a non-editable install)."""
+    import infnet_monai.inference
+
+    monkeypatch.setattr(infnet_monai.inference, "default_weights", lambda: None)
     assert main(["segment", str(volumes), "-o", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert "no weights given" in err and "--weights" in err and len(err.splitlines()) == 1

@@ -1,8 +1,11 @@
-"""2D training slices and CT volume slices reach the network in the same layout.
+"""A 2D slice image and a CT volume's axial slice reach the network in the same layout.
 
-A model trained on COVID-SemiSeg images (radiological display: rows anterior → posterior,
-columns patient right → left) must see volume slices laid out the same way; so must the
-authors' converted weights.
+A slice image is read as displayed (rows top to bottom); a volume slice is oriented to the
+radiological display (rows anterior → posterior, columns patient right → left). COVID-SemiSeg
+itself stores its slices transposed (spine on the right, or on the left when also mirrored), so
+the shipped model trains with all eight flips and 90° rotations (``augment="ct"``); this test
+checks the readers, which must not add a transposition of their own: a model trained on
+display-layout images must see volume slices laid out the same way.
 """
 
 from __future__ import annotations

@@ -102,9 +102,10 @@ def _augmentations(keys: list[str], augment: bool | str, label_modes: Sequence[s
 
 
 def _load_and_scale(keys: list[str], scaled: list[str]) -> list[MapTransform]:
-    """Load single-channel slices channel-first ``(1, H, W)``, rows first as displayed (the same
-    (row → posterior, column → patient left) layout as the CT volumes' axial slices and as the
-    authors' training); map ``scaled`` keys from 0-255 to [0, 1]."""
+    """Load single-channel slices channel-first ``(1, H, W)``, rows first as displayed (a slice
+    image in the radiological display layout gets the (row → posterior, column → patient left)
+    layout of the CT volumes' axial slices; COVID-SemiSeg's own slices are stored transposed, see
+    :func:`_augmentations`); map ``scaled`` keys from 0-255 to [0, 1]."""
     reader = PILReader(converter=to_single_channel, reverse_indexing=False)
     return [
         LoadImaged(keys, reader=reader, image_only=True, allow_missing_keys=True),

@@ -1,0 +1,121 @@
+"""The shipped model: found without flags, stored in fp16 without changing masks, small on
+non-COVID lungs, and at the paper's level on the held-out doctor-labelled slices."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from infnet_monai.cli import main
+from infnet_monai.data import semiseg_datalist, split_datalist
+from infnet_monai.inference import load_network, slice_inferer, infer_volume
+from infnet_monai.networks import InfNet
+from infnet_monai.shipped import BUNDLE_DIR, default_weights, network_size
+from infnet_monai.transforms.chain import ct_postprocessing, ct_preprocessing
+
+from conftest import REPO_ROOT
+from phantoms import affine_for, chest_phantom, save_nifti
+
+EXAMPLE_CT = REPO_ROOT / "examples" / "data" / "lung_pet_ct_dx_a0001_chest.nii.gz"
+
+
+def test_shipped_weights_are_found_and_stored_in_fp16():
+    weights = default_weights()
+    assert weights == BUNDLE_DIR / "models" / "model.pt" and weights.is_file()
+    state = torch.load(weights, weights_only=True)
+    halves = [k for k, v in state.items() if v.dtype == torch.float16]
+    assert len(halves) > 300 and all(not k.endswith(("running_mean", "running_var")) for k in halves)
+    InfNet().load_state_dict(state)  # strict, into the fp32 network
+    assert 50e6 < weights.stat().st_size < 80e6
+    # the bundle records its size and its hash
+    meta = json.loads((BUNDLE_DIR / "configs" / "metadata.json").read_text())
+    assert network_size() == meta["network_data_format"]["inputs"]["image"]["spatial_shape"][0] == 256
+    listed = (BUNDLE_DIR / "large_files.yml").read_text()
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert re.search(rf'path: "models/model.pt"[^-]*hash_val: "{digest}"', listed)
+
+
+def test_segment_runs_without_weights_on_the_shipped_model(tmp_path, capsys):
+    spacing = (2.4, 2.4, 6.0)
+    src = save_nifti(tmp_path / "case.nii.gz", chest_phantom((120, 128, 3), spacing), affine_for(spacing, "LPS"))
+    assert main(["segment", str(src), "-o", str(tmp_path / "out"), "-q"]) == 0
+    mask = nib.load(str(tmp_path / "out" / "case_seg.nii.gz"))
+    assert mask.shape == (120, 128, 3) and np.allclose(mask.affine, affine_for(spacing, "LPS"), atol=1e-4)
+    assert "case: 3 slices inferred" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def example_prediction():
+    """The shipped model's probabilities on the example CT (the README's main job)."""
+    pre = ct_preprocessing(spatial_size=network_size(), network_input=False)
+    post = ct_postprocessing(pre, prob_key="prob")
+    item = pre({"image": str(EXAMPLE_CT)})
+    network = load_network(None, "cpu", compile=False)
+    return infer_volume(item, network, slice_inferer(None, "cpu"), post)
+
+
+def test_the_non_covid_example_ct_shows_little_infection(example_prediction):
+    """A lung-cancer patient without COVID-19: the involvement stays small (figure in the model card)."""
+    from infnet_monai.report.burden import infection_burden
+
+    item = example_prediction.item
+    report = infection_burden(item["lung"], item["pred"])
+    print(f"example CT: infection {example_prediction.infected_ml:.1f} mL, involvement {report['percent_involved']}")
+    assert report["percent_involved"]["total"] < 2.0
+    assert 4000 < report["lung_ml"]["total"] < 7000
+
+
+@pytest.mark.slow
+def test_fp16_storage_changes_no_mask(example_prediction):
+    """Every fp32 model that rounds to the shipped fp16 weights gives the same mask: a random one
+    (each weight moved by up to half an fp16 step) against the shipped one, on the example CT."""
+    state = torch.load(default_weights(), weights_only=True)
+    generator = torch.Generator().manual_seed(0)
+    perturbed = {}
+    for key, value in state.items():
+        if value.dtype == torch.float16:
+            half_step = (torch.nextafter(value, torch.tensor(float("inf"), dtype=value.dtype)) - value).float() / 2
+            noise = (torch.rand(value.shape, generator=generator) * 2 - 1) * half_step
+            value = value.float() + noise
+        perturbed[key] = value
+    network = InfNet()
+    network.load_state_dict(perturbed)
+    pre = ct_preprocessing(spatial_size=network_size(), network_input=False)
+    from infnet_monai.networks.optimize import optimize_for_inference
+
+    item = pre({"image": str(EXAMPLE_CT)})
+    result = infer_volume(item, optimize_for_inference(network.eval(), "cpu"), slice_inferer(None, "cpu"), ct_postprocessing(pre))
+    a = example_prediction.item["pred"].numpy() > 0
+    b = result.item["pred"].numpy() > 0
+    both = int(a.sum()) + int(b.sum())
+    dice = 2 * int(np.count_nonzero(a & b)) / both if both else 1.0
+    print(f"fp32-within-rounding vs shipped fp16: Dice {dice:.5f}, {int(np.count_nonzero(a ^ b))} voxels differ")
+    assert dice >= 0.999
+
+
+@pytest.mark.slow
+def test_held_out_doctor_slices_reach_the_papers_inf_net(semiseg_dir, tmp_path):
+    """The 10 doctor-labelled slices kept out of training (train_shipped.json: val_fraction 0.2,
+    seed 0), scored by the paper's protocol from predict-slices maps."""
+    _, held_out = split_datalist(semiseg_datalist(semiseg_dir / "doctor-label"), 0.2, 0)
+    assert len(held_out) == 10
+    imgs, gts = tmp_path / "Imgs", tmp_path / "GT"
+    imgs.mkdir()
+    gts.mkdir()
+    for item in held_out:
+        for key, folder in (("image", imgs), ("label", gts)):
+            src = __import__("pathlib").Path(item[key])
+            (folder / src.name).symlink_to(src)
+    assert main(["predict-slices", str(imgs), "-o", str(tmp_path / "maps")]) == 0
+    report = tmp_path / "report.json"
+    assert main(["evaluate", "--mode", "slices", "--pred", str(tmp_path / "maps"), "--label", str(gts), "-o", str(report)]) == 0
+    summary = json.loads(report.read_text())["summary"]
+    dice = summary["toolbox"]["dice"]["mean"]
+    print(f"held-out doctor slices: mean Dice {dice:.3f}, Dice at 0.5 {summary['per_image']['dice_at_0.5']['mean']:.3f}")
+    assert dice >= 0.682  # the paper's Inf-Net (its test set; ours is the held-out tenth)
