@@ -285,7 +285,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_optional_decoders() -> None:
+    """MONAI announces on every import that the optional GPU DICOM decoder (nvImageCodec) is
+    absent, in a log line and a warning; the CPU decoders are used and nothing is wrong."""
+    import logging
+    import warnings
+
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_optional_decoders()
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
