@@ -1,6 +1,7 @@
 """Lung masks from Hounsfield units alone (no learned model) and lung-based crops/restrictions.
 
-``LungMask`` labels the right lung 1 and the left lung 2 in a CT volume (1, X, Y, Z) in HU. The
+``LungMask`` labels the right lung 1, the left lung 2 and the rest of the thoracic cavity 3 in a
+CT volume (1, X, Y, Z) in HU. The
 sides and the slice axis come from the affine (MONAI world = RAS, +x = patient's Right), so any
 array orientation works. Steps, on an in-plane block-averaged copy near ``working_spacing_mm``:
 
@@ -16,6 +17,10 @@ array orientation works. Steps, on an in-plane block-averaged copy near ``workin
    narrowest bridge (distance-transform cores, nearest-core assignment), else at the midline.
 4. Vessels and airways inside the lungs: in-plane closing (``closing_mm``) and hole filling per
    axial slice; then the boundary is refined at full resolution with the HU threshold.
+5. Diseased lung (consolidation, dense GGO, atelectasis, tumour), which the threshold leaves
+   out, is filled in from the aerated lung's shape, and the rest of the thoracic cavity is
+   labelled :data:`THORAX` (3): :mod:`~infnet_monai.transforms.lung_pathology`
+   (``fill_pathology=False`` stops after step 4).
 """
 
 from __future__ import annotations
@@ -491,7 +496,7 @@ class LungMaskParams:
             (:mod:`~infnet_monai.transforms.lung_pathology`); False gives aerated lung only.
         max_dense_hu: densest tissue the dependent fill adds to a lung (HU; effusion and muscle
             are denser).
-        max_fill_mm: longest posterior run the dependent fill adds (mm).
+        max_fill_mm: longest posterior or lateral run the fills add (mm).
         fat_low_hu, fat_high_hu: HU range of fat, which fills leave out.
         bone_hu: bone (ribs, spine, sternum) for the thoracic cavity (HU).
         rib_margin_mm: bone within this in-plane distance of a lung frames the cavity (mm).
@@ -550,34 +555,43 @@ def lung_labels(hu: np.ndarray, affine: np.ndarray, **params: float) -> np.ndarr
     labels_t = _refine(labels_c, hu_t < p.threshold_hu, factors)
     if p.fill_pathology:
         extra_c, dependent_c = _pathology_and_cavity(labels_c, mean_hu, body, coarse_affine, p)
-        box = _bbox(extra_c > 0, [0, 0, 0])
-        if box is not None:
-            full_box = tuple(
-                slice(b.start * f, min(n, b.stop * f)) for b, f, n in zip(box[:2], factors, labels_t.shape[:2])
-            ) + box[2:]
-            shape = [b.stop - b.start for b in full_box[:2]]
-            extra = _upsample(extra_c[box], factors, shape)
-            # the dependent fill keeps its density limits at full resolution (a coarse voxel at
-            # the lung's edge mixes lung with chest wall or extrapleural fat)
-            hu_box = hu_t[full_box]
-            fat_or_dense = (hu_box > p.max_dense_hu) | ((hu_box >= p.fat_low_hu) & (hu_box <= p.fat_high_hu))
-            too_dense = _upsample(dependent_c[box], factors, shape) & fat_or_dense
-            # the cavity outside the lungs holds no air at full resolution (skin, airways)
-            outside_air = (extra == THORAX) & (hu_box < p.threshold_hu)
-            region = labels_t[full_box]
-            np.copyto(region, extra, where=(region == 0) & (extra > 0) & ~too_dense & ~outside_air)
-            # the filled edge at full resolution: one coarse voxel of lung-density tissue around it
-            edge = (region == 0) | (region == THORAX)
-            edge &= ~fat_or_dense & (hu_box >= p.threshold_hu)
-            for side in (RIGHT_LUNG, LEFT_LUNG):
-                added = (extra == side) & (region == side)
-                if added.any():
-                    grown = ndimage.binary_dilation(
-                        added, structure=_INPLANE, iterations=max(factors), mask=edge | added
-                    )  # geodesic: through edge voxels only, no islands
-                    region[grown & edge] = side
-                    edge &= ~grown
+        _add_fills(labels_t, hu_t, extra_c, dependent_c, factors, p)
     return np.ascontiguousarray(np.transpose(labels_t, np.argsort(perm))).astype(np.uint8)
+
+
+def _add_fills(
+    labels: np.ndarray, hu: np.ndarray, extra_c: np.ndarray, dependent_c: np.ndarray, factors: Sequence[int],
+    p: LungMaskParams,
+) -> None:
+    """Add the coarse fills of :func:`_pathology_and_cavity` to the full-resolution ``labels``
+    (in place, where they are 0; slice axis last).
+
+    The dependent and lateral fills keep their density limits at full resolution (a coarse voxel
+    at the lung's edge mixes lung with chest wall or extrapleural fat); the cavity outside the
+    lungs takes no air (skin, airways); the filled lung then grows by up to one coarse voxel into
+    lung-density tissue around it, geodesically (through such voxels only, so no islands).
+    """
+    box = _bbox(extra_c > 0, [0, 0, 0])
+    if box is None:
+        return
+    full_box = tuple(
+        slice(b.start * f, min(n, b.stop * f)) for b, f, n in zip(box[:2], factors, labels.shape[:2])
+    ) + box[2:]
+    shape = [b.stop - b.start for b in full_box[:2]]
+    extra = _upsample(extra_c[box], factors, shape)
+    hu_box = hu[full_box]
+    fat_or_dense = (hu_box > p.max_dense_hu) | ((hu_box >= p.fat_low_hu) & (hu_box <= p.fat_high_hu))
+    too_dense = _upsample(dependent_c[box], factors, shape) & fat_or_dense
+    outside_air = (extra == THORAX) & (hu_box < p.threshold_hu)
+    region = labels[full_box]
+    np.copyto(region, extra, where=(region == 0) & (extra > 0) & ~too_dense & ~outside_air)
+    edge = ((region == 0) | (region == THORAX)) & ~fat_or_dense & (hu_box >= p.threshold_hu)
+    for side in (RIGHT_LUNG, LEFT_LUNG):
+        added = (extra == side) & (region == side)
+        if added.any():
+            grown = ndimage.binary_dilation(added, structure=_INPLANE, iterations=max(factors), mask=edge | added)
+            region[grown & edge] = side
+            edge &= ~grown
 
 
 def _pathology_and_cavity(
