@@ -1,18 +1,19 @@
 """Walk-through: segment a real chest CT series end to end and see where the outputs go.
 
-    python examples/segment_ct.py --weights models/model.pt              # the shared DICOM series
-    python examples/segment_ct.py --input /data/ct.nii.gz --weights models/model.pt
+    python examples/segment_ct.py                                        # the shared DICOM series, shipped model
+    python examples/segment_ct.py --input examples/data/lung_pet_ct_dx_a0001_chest.nii.gz
+    python examples/segment_ct.py --input /data/ct.nii.gz --weights my_bundle/models/model.pt
     python examples/segment_ct.py --demo-weights                         # geometry demo only
 
 Steps (each one is a library call you can reuse):
 1. read the DICOM series (or NIfTI) into a MetaTensor in HU and list its geometry;
-2. run the shared preprocessing chain (orient, lung mask, HU window, lung crop, 352x352);
+2. run the shared preprocessing chain (orient, lung mask, HU window, crop to the thorax, the
+   model's size: 256x256 for the shipped model);
 3. run Inf-Net slice by slice (SliceInferer) and invert the prediction to the input grid;
 4. write ``<name>_seg.nii.gz`` (uint8, same shape and affine as the input) atomically.
 
 ``--demo-weights`` builds a randomly initialised network: the mask is then meaningless and only
-shows the geometry round trip. Real masks need trained weights (train the bundle, or convert the
-authors' Inf-Net checkpoint with ``infnet-monai convert-weights``).
+shows the geometry round trip. Without ``--weights`` the shipped model runs.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ SHARED_SERIES = Path(__file__).resolve().parents[1].parent / "shared/data/ct-dic
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input", type=Path, default=SHARED_SERIES, help="DICOM folder or NIfTI file")
-    parser.add_argument("--weights", help="trained InfNet state dict (models/model.pt)")
+    parser.add_argument("--weights", help="trained InfNet state dict (default: the shipped model)")
     parser.add_argument("--demo-weights", action="store_true", help="random weights: geometry demo, meaningless mask")
     parser.add_argument("-o", "--output-dir", type=Path, default=Path("segment_example_out"))
     args = parser.parse_args(argv)
@@ -56,11 +57,11 @@ def main(argv=None) -> int:
         print("   demo weights: random network, the mask is NOT meaningful")
     else:
         weights = args.weights
-    network = load_network(weights)  # a plain error if no weights are given
+    network = load_network(weights)  # None: the shipped model
 
     pre = ct_preprocessing(network_input=False)  # as the CLI: one [0, 1] channel, 3 channels per slice batch
     item = pre({"image": str(args.input)})
-    print(f"2. preprocessed {tuple(item['image'].shape)} (windowed, lung-cropped, 352x352 per axial slice near the lungs)")
+    print(f"2. preprocessed {tuple(item['image'].shape)} (windowed, cropped to the thorax, per axial slice near the lungs)")
 
     result = infer_volume(item, network, slice_inferer(), ct_postprocessing(pre))
     print(f"3. {result.summary(args.input.name)}")
