@@ -37,7 +37,6 @@ __all__ = [
     "EtaHandler",
     "ProgressBarHandler",
     "ResumableCheckpointSaver",
-    "best_checkpoint",
     "latest_checkpoint",
     "scaled_size",
 ]
@@ -251,10 +250,6 @@ class ResumableCheckpointSaver(CheckpointSaver):
     the metric beats the best one of the earlier run, instead of starting from scratch.
     """
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.key_metric_filename: str | None = kwargs.get("key_metric_filename")
-
     def state_dict(self) -> dict:
         if self._key_metric_checkpoint is None:
             return {}
@@ -263,24 +258,6 @@ class ResumableCheckpointSaver(CheckpointSaver):
     def load_state_dict(self, state_dict: dict) -> None:
         if state_dict:
             super().load_state_dict(state_dict)
-
-    @property
-    def best_metric(self) -> float | None:
-        """The key metric of the best model saved so far (this run or a resumed one); None before."""
-        saved = getattr(self._key_metric_checkpoint, "_saved", None)
-        return float(saved[-1].priority) if saved else None
-
-
-def best_checkpoint(*savers: ResumableCheckpointSaver) -> str:
-    """Path of the best-metric model file (``save_dir/key_metric_filename``) of the saver whose
-    best metric is highest (the first one on ties; savers that saved nothing are skipped)."""
-    scored = [(saver.best_metric, -i, saver) for i, saver in enumerate(savers) if saver.best_metric is not None]
-    if not scored:
-        raise RuntimeError("no best model was saved: run validation (ValidationHandler) at least once")
-    saver = max(scored, key=lambda item: item[:2])[2]
-    if not saver.key_metric_filename:
-        raise ValueError("best_checkpoint needs savers with a fixed key_metric_filename")
-    return str(Path(saver.save_dir) / saver.key_metric_filename)
 
 
 _EPOCH_RE = re.compile(r"epoch=(\d+)")

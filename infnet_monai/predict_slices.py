@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from infnet_monai.shipped import network_size
 from infnet_monai.transforms.train2d import slice_validation_transforms
 from infnet_monai.utils import atomic_output
 
-__all__ = ["slice_images", "probability_png", "predict_slices"]
+__all__ = ["slice_images", "slice_probabilities", "probability_png", "predict_slices"]
 
 
 def slice_images(inputs: str | os.PathLike) -> list[Path]:
@@ -53,6 +53,19 @@ def slice_images(inputs: str | os.PathLike) -> list[Path]:
                 f"{file}: not a readable image ({exc.__class__.__name__}); give JPG/PNG slices or remove the file"
             ) from exc
     return files
+
+
+def slice_probabilities(
+    network: torch.nn.Module, files: Sequence[str | os.PathLike], image_size: int, device: str | torch.device = "cpu"
+) -> Iterator[tuple[Path, torch.Tensor]]:
+    """(file, logits (1, 1, S, S)) of ``network`` (eval mode) for each slice image, run at
+    ``image_size`` as the training slices are prepared; :func:`probability_png` takes them to
+    the image's size."""
+    transform = slice_validation_transforms(image_size=image_size)
+    for file in files:
+        image = transform({"image": str(file)})["image"]
+        with torch.inference_mode():
+            yield Path(file), network(torch.as_tensor(image)[None].to(device))
 
 
 def probability_png(logits: torch.Tensor, shape: Sequence[int], normalize: bool = False) -> np.ndarray:
@@ -93,13 +106,9 @@ def predict_slices(
     size = image_size or network_size(weights)
     device = default_device(device)
     network = load_network(weights, device, compile=False, size=size)
-    transform = slice_validation_transforms(image_size=size)
-    for file, target in zip(files, targets):
+    for (file, logits), target in zip(slice_probabilities(network, files, size, device), targets):
         with Image.open(file) as img:
             shape = (img.height, img.width)
-        image = transform({"image": str(file)})["image"]
-        with torch.inference_mode():
-            logits = network(torch.as_tensor(image)[None].to(device))
         with atomic_output(target, overwrite=True) as tmp:
             Image.fromarray(probability_png(logits, shape, normalize)).save(tmp, format="PNG")
     return targets

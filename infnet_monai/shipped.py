@@ -13,10 +13,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence
 
 from infnet_monai.utils import atomic_output
 
-__all__ = ["BUNDLE_DIR", "AUTHORS_SIZE", "default_weights", "bundle_of", "bundle_network_size", "network_size", "ship_model"]
+__all__ = [
+    "BUNDLE_DIR",
+    "AUTHORS_SIZE",
+    "default_weights",
+    "bundle_of",
+    "bundle_network_size",
+    "network_size",
+    "slice_protocol_dice",
+    "best_by_slice_protocol",
+    "ship_model",
+]
 
 BUNDLE_DIR = Path(__file__).resolve().parents[1] / "bundles" / "covid19_lung_infection_ct_segmentation"
 AUTHORS_SIZE = 352  # the authors' training and test size (pixels)
@@ -56,6 +67,35 @@ def network_size(weights: str | Path | None = None) -> int:
     if bundle is None:
         bundle = BUNDLE_DIR if (BUNDLE_DIR / "configs" / "metadata.json").is_file() else None
     return AUTHORS_SIZE if bundle is None else bundle_network_size(bundle)
+
+
+def slice_protocol_dice(weights: str | Path, datalist: Sequence[dict], image_size: int) -> float:
+    """Mean Dice over the paper's 256 thresholds (:mod:`infnet_monai.metrics.slices`) of the model
+    in ``weights`` on the slices of ``datalist`` (items ``image``, ``label`` paths), each map
+    taken to its image's size as ``infnet-monai predict-slices`` does (without 8-bit rounding)."""
+    import torch
+
+    from infnet_monai.inference import load_network
+    from infnet_monai.metrics.slices import read_ground_truth, slice_scores, summarise_slice_scores
+    from infnet_monai.predict_slices import slice_probabilities
+
+    network = load_network(weights, "cpu", compile=False, size=image_size)
+    labels = {str(Path(item["image"])): item["label"] for item in datalist}
+    scores = []
+    for file, logits in slice_probabilities(network, list(labels), image_size):
+        gt = read_ground_truth(labels[str(file)])
+        prob = torch.nn.functional.interpolate(logits.float(), size=gt.shape, mode="bilinear", align_corners=False)
+        scores.append(slice_scores(torch.sigmoid(prob)[0, 0].double().numpy(), gt))
+    return float(summarise_slice_scores(scores)["dice"]["mean"])
+
+
+def best_by_slice_protocol(candidates: Sequence[str | Path], datalist: Sequence[dict], image_size: int) -> str:
+    """The candidate weights file with the highest :func:`slice_protocol_dice` on ``datalist``
+    (the first one on ties); prints each candidate's figure."""
+    dice = {str(c): slice_protocol_dice(c, datalist, image_size) for c in candidates}
+    for path, value in dice.items():
+        print(f"{path}: mean Dice {value:.4f} over the paper's thresholds on {len(datalist)} validation slices")
+    return max(dice, key=lambda path: (dice[path], -list(dice).index(path)))
 
 
 def ship_model(checkpoint: str | Path, bundle: str | Path, image_size: int) -> str:

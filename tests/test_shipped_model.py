@@ -119,3 +119,73 @@ def test_held_out_doctor_slices_reach_the_papers_inf_net(semiseg_dir, tmp_path):
     dice = summary["toolbox"]["dice"]["mean"]
     print(f"held-out doctor slices: mean Dice {dice:.3f}, Dice at 0.5 {summary['per_image']['dice_at_0.5']['mean']:.3f}")
     assert dice >= 0.682  # the paper's Inf-Net (its test set; ours is the held-out tenth)
+
+
+def _paint_disease(ct, aerated: np.ndarray, seed: int = 0) -> tuple[np.ndarray, dict]:
+    """The real series with synthetic COVID-19-like disease: consolidation (+25 ± 15 HU) over the
+    posterior third of the left lung in its middle slices, and three balls of ground-glass
+    opacity (+300 HU on the lung's voxels, vessels kept) in the right lung. RAS arrays."""
+    rng = np.random.default_rng(seed)
+    hu = ct[0].numpy().astype(np.float32).copy()
+    left, right = aerated == 2, aerated == 1
+    z_lung = np.flatnonzero(left.any(axis=(0, 1)))
+    middle = z_lung[len(z_lung) // 4 : 3 * len(z_lung) // 4]
+    consolidation = np.zeros_like(left)
+    for z in middle:
+        ys = np.flatnonzero(left[:, :, z].any(axis=0))
+        cut = ys[0] + (ys[-1] - ys[0]) // 3  # RAS: +y anterior, the posterior third has the low y
+        consolidation[:, : cut + 1, z] = left[:, : cut + 1, z]
+    hu[consolidation] = 25.0 + rng.normal(0, 15, int(consolidation.sum()))
+    ggo = np.zeros_like(right)
+    idx = np.argwhere(right)
+    spacing = np.linalg.norm(ct.affine.numpy()[:3, :3], axis=0)
+    grid = np.indices(hu.shape, dtype=np.float32)
+    for centre in idx[rng.choice(len(idx), 3, replace=False)]:
+        d2 = sum(((grid[k] - centre[k]) * spacing[k]) ** 2 for k in range(3))
+        ggo |= (d2 <= 25.0**2) & right
+    hu[ggo & (hu < -500)] += 300.0
+    return hu, {"consolidation": consolidation, "ggo": ggo}
+
+
+@pytest.mark.slow
+def test_default_path_keeps_the_infection_the_network_finds(dicom_series_dir, tmp_path):
+    """Synthetic disease painted into the shared series: the default path (lung crop, slice crop,
+    restriction to the thorax) reports at least 90 % of what the network finds inside the body
+    without them, and the thoracic cavity of the lung mask (labels 1-3) holds the painted
+    consolidation. (At +25 HU it is denser than the lung labels' fills take, -20 HU, so that a
+    pleural effusion stays out of the lungs: it is kept by the cavity and counted in the burden
+    through the infection attached to the lung.)"""
+    from ct_samples import real_ct
+    from infnet_monai.transforms.lung import LungMask
+
+    ct = real_ct(dicom_series_dir)
+    aerated = LungMask(fill_pathology=False)(ct)[0].numpy()
+    hu, painted = _paint_disease(ct, aerated)
+    path = tmp_path / "diseased.nii.gz"
+    nib.save(nib.Nifti1Image(np.round(hu).astype(np.int16), ct.affine.numpy()), str(path))
+    runs = {"default": [], "everything": ["--no-lung-restrict", "--no-lung-crop", "--no-slice-crop"]}
+    masks = {}
+    for name, flags in runs.items():
+        assert main(["segment", str(path), "-o", str(tmp_path / name), "-q", *flags]) == 0
+        masks[name] = np.asarray(nib.load(str(tmp_path / name / "diseased_seg.nii.gz")).dataobj) > 0
+    from scipy import ndimage
+
+    body = np.zeros(hu.shape, dtype=bool)
+    for z in range(hu.shape[2]):
+        regions, _ = ndimage.label(hu[:, :, z] > -500)
+        sizes = np.bincount(regions.ravel())
+        sizes[0] = 0
+        body[:, :, z] = ndimage.binary_fill_holes(regions == sizes.argmax())
+    found = masks["everything"] & body
+    kept = masks["default"] & body
+    labels = LungMask()(nib.load(str(path)).get_fdata(dtype=np.float32)[None], affine=ct.affine.numpy())[0]
+    lungs = np.isin(labels, (1, 2))
+    cavity = labels > 0
+    voxel_ml = float(abs(np.linalg.det(ct.affine.numpy()[:3, :3]))) / 1000
+    print(f"network inside the body: {found.sum() * voxel_ml:.1f} mL; default path {kept.sum() * voxel_ml:.1f} mL "
+          f"({kept.sum() / max(found.sum(), 1):.3f}); in the lung mask {np.count_nonzero(found & lungs) / max(found.sum(), 1):.3f}; "
+          f"painted consolidation in the lung labels {np.count_nonzero(painted['consolidation'] & lungs) / painted['consolidation'].sum():.3f}, "
+          f"in the cavity {np.count_nonzero(painted['consolidation'] & cavity) / painted['consolidation'].sum():.3f}, "
+          f"found by the default path {np.count_nonzero(painted['consolidation'] & kept) / painted['consolidation'].sum():.3f}")
+    assert found.sum() > 0 and kept.sum() >= 0.9 * found.sum()
+    assert np.count_nonzero(painted["consolidation"] & cavity) >= 0.95 * painted["consolidation"].sum()
