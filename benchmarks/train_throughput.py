@@ -8,9 +8,11 @@ Rows, each adding one change to the row above:
 
 1. fp32, contiguous memory, the structure loss pooling 31x31 on every map (before this stop);
 2. channels-last;
-3. bf16 autocast of the forward pass (the CPU training default where bf16 is native);
-4. the boundary weights pooled once per target with two 1D pools (the default loss);
-5. with ``--compile``: ``torch.compile`` of the network (about 3 minutes of compilation first).
+3. the boundary weights pooled once per target with two 1D pools (the default loss): the fp32
+   training path (``--precision fp32``, and CPUs without native bf16);
+4. bf16 autocast of the forward pass: the CPU training default where bf16 is native;
+5. with ``--compile``: ``torch.compile`` of the network (about 3 minutes of compilation on a cold
+   cache; ``--train#trainer#compile True`` in the bundle).
 
 Variants alternate step by step so that a machine whose load changes slows all of them alike;
 medians of ``--iters`` steps with the spread. The limit: a 3x3 convolution (128 -> 128 channels,
@@ -125,8 +127,8 @@ def main() -> None:
     variants = [
         ("fp32, contiguous, 31x31 pool per map", False, "fp32", pooled_per_map_loss, False),
         ("+ channels-last", True, "fp32", pooled_per_map_loss, False),
-        (f"+ {low} autocast", True, low, pooled_per_map_loss, False),
-        ("+ separable pool once (default)", True, low, default_loss, False),
+        ("+ separable pool once (fp32 default)", True, "fp32", default_loss, False),
+        (f"+ {low} autocast (default)", True, low, default_loss, False),
     ]
     if args.compile:
         variants.append(("+ torch.compile", True, low, default_loss, True))

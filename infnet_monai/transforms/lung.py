@@ -14,7 +14,8 @@ array orientation works. Steps, on an in-plane block-averaged copy near ``workin
    entered a lung; the followed regions are removed.
 3. 3D components: the largest component on each side of the body midline with at least
    ``min_component_ml``; a single component spanning both sides (lungs touching) is split at its
-   narrowest bridge (distance-transform cores, nearest-core assignment), else at the midline.
+   narrowest bridge (in-plane erosion until two cores part, the cores grown back), else at the
+   midline.
 4. Vessels and airways inside the lungs: in-plane closing (``closing_mm``) and hole filling per
    axial slice; then the boundary is refined at full resolution with the HU threshold.
 5. Diseased lung (consolidation, dense GGO, atelectasis, tumour), which the threshold leaves
@@ -200,20 +201,6 @@ def dilate_mm(mask: np.ndarray, spacing: Sequence[float], mm: float) -> np.ndarr
     return out
 
 
-def _nearest_seed(region: np.ndarray, seeds: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
-    """Give every voxel of ``region`` the label of its nearest seed voxel (labels > 0)."""
-    box = _bbox(region | (seeds > 0), [0, 0, 0])
-    out = np.zeros(region.shape, dtype=np.uint8)
-    if box is None:
-        return out
-    sub = seeds[box]
-    if not (sub > 0).any():
-        return out
-    _, ind = ndimage.distance_transform_edt(sub == 0, sampling=spacing, return_indices=True)
-    out[box] = np.where(region[box], sub[tuple(ind)], 0)
-    return out
-
-
 def _shift(affine: np.ndarray, offset: Sequence[int]) -> np.ndarray:
     """Affine of a crop starting at index ``offset``."""
     out = affine.copy()
@@ -221,23 +208,82 @@ def _shift(affine: np.ndarray, offset: Sequence[int]) -> np.ndarray:
     return out
 
 
+def _grow_labels(labels: np.ndarray, region: np.ndarray, footprint: np.ndarray, max_steps: int = 200) -> np.ndarray:
+    """Grow ``labels`` (uint8, 0 = unlabelled) step by step into ``region`` through
+    ``footprint`` neighbours until nothing changes: each voxel takes the label that reaches it
+    first (the larger label where two arrive in the same step)."""
+    out = labels.copy()
+    for _ in range(max_steps):
+        free = region & (out == 0)
+        if not free.any():
+            break
+        grown = ndimage.grey_dilation(out, footprint=footprint)
+        step = free & (grown > 0)
+        if not step.any():
+            break
+        out[step] = grown[step]
+    return out
+
+
+def _assign_from_seeds(region: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """Right/left labels for ``region`` (bool, slice axis last) from core ``seeds`` (1, 2).
+
+    Per axial slice, a connected part of the region holding cores of one side takes that side;
+    a part holding both (where the lungs touch) is shared by growing the cores in-plane
+    (:func:`_grow_labels`); a part holding none (apices and bases, where the cores vanished)
+    takes the side that covers most of it in the neighbouring slice, sweeping up and down."""
+    parts, n = ndimage.label(region, structure=_INPLANE)
+    has = [np.bincount(parts[seeds == side], minlength=n + 1) > 0 for side in (RIGHT_LUNG, LEFT_LUNG)]
+    table = np.zeros(n + 1, dtype=np.uint8)
+    table[has[0] & ~has[1]] = RIGHT_LUNG
+    table[has[1] & ~has[0]] = LEFT_LUNG
+    out = table[parts]
+    shared = has[0] & has[1]
+    shared[0] = False
+    if shared.any():
+        mixed = shared[parts]
+        box = _bbox(mixed, [1, 1, 0])
+        grown = _grow_labels(np.where(mixed[box], seeds[box], 0).astype(np.uint8), mixed[box], _INPLANE)
+        out[box] = np.where(mixed[box], grown, out[box])
+    unassigned = (table == 0) & ~shared
+    unassigned[0] = False
+    if unassigned.any():
+        for order in (range(1, region.shape[2]), range(region.shape[2] - 2, -1, -1)):
+            for z in order:
+                neighbour = out[:, :, z - 1] if order.step == 1 else out[:, :, z + 1]
+                ids = parts[:, :, z]
+                todo = unassigned[ids] & (out[:, :, z] == 0) & (neighbour > 0)
+                if not todo.any():
+                    continue
+                votes = np.zeros((n + 1, 3), dtype=np.int64)
+                np.add.at(votes, (ids[todo], neighbour[todo]), 1)
+                choice = np.where(votes[:, RIGHT_LUNG] >= votes[:, LEFT_LUNG], RIGHT_LUNG, LEFT_LUNG).astype(np.uint8)
+                choice[votes[:, 1:].sum(axis=1) == 0] = 0
+                newly = unassigned[ids] & (out[:, :, z] == 0)
+                out[:, :, z] = np.where(newly, choice[ids], out[:, :, z])
+    return out
+
+
 def _split_component(comp: np.ndarray, affine: np.ndarray, midline_x: float) -> np.ndarray:
     """Split one component holding both lungs: right = 1, left = 2 (uint8, same shape).
 
-    Cores at growing distance from the surface are tried until two sizeable cores lie on
-    opposite sides of the midline (the bridge between the lungs breaks); every voxel then joins
-    its nearest core. Without such cores the plane x = ``midline_x`` splits the component.
+    The component is eroded in-plane step by step until two sizeable cores lie on opposite
+    sides of the midline (the bridge between the lungs breaks); the cores then label the
+    component (:func:`_assign_from_seeds`). Without such cores, and for what they do not reach,
+    the plane x = ``midline_x`` splits the component. (Orientation-free: flips and transposes of
+    the array give the same labels.)
     """
-    spacing = voxel_spacing(affine)
     box = _bbox(comp, [1, 1, 1])
     sub = comp[box]
     offset = [s.start for s in box]
-    dist = ndimage.distance_transform_edt(sub, sampling=spacing)
     total = int(sub.sum())
-    step = float(spacing.min())
     seeds = None
-    for t in np.arange(step, float(dist.max()), step):
-        cores, n = ndimage.label(dist > t)
+    core = sub
+    for _ in range(int(np.ceil(min(sub.shape[:2]) / 2))):
+        core = ndimage.binary_erosion(core, structure=_INPLANE)
+        if not core.any():
+            break
+        cores, n = ndimage.label(core)
         if n < 2:
             continue
         sizes = np.bincount(cores.ravel())[1:]
@@ -253,9 +299,10 @@ def _split_component(comp: np.ndarray, affine: np.ndarray, midline_x: float) -> 
             break
     out = np.zeros(comp.shape, dtype=np.uint8)
     if seeds is not None:
-        out[box] = _nearest_seed(sub, seeds, spacing)
-    else:
-        idx = np.nonzero(comp)
+        out[box] = _assign_from_seeds(sub, seeds)
+    missed = comp & (out == 0)
+    if missed.any():
+        idx = np.nonzero(missed)
         out[idx] = np.where(_world_x(affine, idx) > midline_x, RIGHT_LUNG, LEFT_LUNG)
     return out
 
@@ -627,7 +674,7 @@ def _pathology_and_cavity(
         grown = lung | dependent
         pockets = pocket_fill(grown, sub_hu, box_affine, side == RIGHT_LUNG, (p.fat_low_hu, p.fat_high_hu))
         enclosed = _per_slice_fill(grown | (pockets & free & (sub_extra == 0)))
-        dependent_all[box] |= dependent & ~_per_slice_fill(lung | (pockets & free))
+        dependent_all[box] |= dependent & ~pockets
         sub_extra[enclosed & (sub_labels == 0) & (sub_extra == 0)] = side
     lungs = (labels_c > 0) | (extra > 0)
     cavity = np.zeros_like(lungs)
