@@ -806,10 +806,13 @@ class LungMaskd(MapTransform):
 
 
 class RestrictToLung(Transform):
-    """Mask (1, X, Y, Z) ∩ lung mask dilated by ``dilation_mm`` (Euclidean, voxel spacing).
+    """Mask (1, X, Y, Z) ∩ (lungs dilated by ``dilation_mm`` ∪ the rest of the thoracic cavity).
 
+    ``lung``: labels of :class:`LungMask` (1, 2 lungs, :data:`THORAX` the rest of the cavity) or
+    any binary lung mask; the lungs are dilated (Euclidean, voxel spacing), the cavity is taken as
+    it is (it reaches the ribs, and a margin around it would reach beyond the body).
     ``enabled=False`` returns the mask unchanged. Spacing comes from the lung's (or the mask's)
-    affine; values outside the dilated lung become 0, the rest keep their value and dtype.
+    affine; values outside become 0, the rest keep their value and dtype.
     """
 
     backend = [TransformBackends.NUMPY, TransformBackends.TORCH]
@@ -823,10 +826,12 @@ class RestrictToLung(Transform):
             return mask
         source = lung if getattr(lung, "affine", None) is not None else mask
         spacing = voxel_spacing(affine_of(source))
-        lung_np = _to_numpy(lung) > 0
-        if lung_np.shape[-3:] != tuple(mask.shape[-3:]):
-            raise ValueError(f"lung mask shape {lung_np.shape} does not match mask shape {tuple(mask.shape)}")
-        lung_np = lung_np.reshape(lung_np.shape[-3:])
+        labels = _to_numpy(lung)
+        if labels.shape[-3:] != tuple(mask.shape[-3:]):
+            raise ValueError(f"lung mask shape {labels.shape} does not match mask shape {tuple(mask.shape)}")
+        labels = labels.reshape(labels.shape[-3:])
+        lung_np = labels > 0
+        lungs_only = lung_np & (labels != THORAX)
         # only mask voxels outside the lung can be dropped: the dilation runs around them alone
         outside = (_to_numpy(mask) != 0).reshape((-1,) + lung_np.shape)
         outside = outside[0] if len(outside) == 1 else outside.any(axis=0)
@@ -837,10 +842,10 @@ class RestrictToLung(Transform):
             return mask
         out = mask.clone() if isinstance(mask, torch.Tensor) else np.array(mask, copy=True)
         # beyond the lung's bounding box + margin everything is farther than dilation_mm
-        near = _bbox(lung_np, margin)
+        near = _bbox(lungs_only, margin)
         if near is not None:
             near = _box_intersection(box, near)
-            outside[near] &= ~dilate_mm(lung_np[near], spacing, self.dilation_mm)
+            outside[near] &= ~dilate_mm(lungs_only[near], spacing, self.dilation_mm)
         out[(Ellipsis,) + box][..., convert_to_dst_type(outside[box], out, dtype=bool)[0]] = 0
         return out
 
