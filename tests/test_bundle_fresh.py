@@ -61,6 +61,7 @@ def inferred(bundle, ct_nifti):
     return bundle / "eval" / "chest_seg.nii.gz"
 
 
+@pytest.mark.slow
 def test_inference_writes_a_mask_on_the_input_grid(inferred, ct_nifti):
     mask, ct = nib.load(str(inferred)), nib.load(str(ct_nifti))
     assert mask.shape == ct.shape == (512, 512, 8)
@@ -102,6 +103,7 @@ def test_evaluation_of_the_output_against_itself(bundle, inferred, tmp_path, mon
 
 
 @pytest.mark.skipif(not TRAIN_FILE.exists(), reason="configs/train.json is not in this checkout yet (training configs land separately)")
+@pytest.mark.slow
 def test_two_iteration_training_run(bundle, tmp_path):
     data = write_semiseg_slices(tmp_path / "slices", count=4, size=64)
     models = tmp_path / "models"

@@ -59,6 +59,7 @@ def random_infnet():
     return net.eval()
 
 
+@pytest.mark.slow
 def test_authors_infnet_checkpoint_loads_with_module_prefix(tmp_path, random_infnet):
     path = tmp_path / "Inf-Net-100.pth"
     torch.save(_authors_infnet_state(random_infnet), path)

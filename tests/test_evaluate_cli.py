@@ -145,6 +145,7 @@ def test_slices_mode_protocol(tmp_path):
         pair_files(tmp_path / "pred", tmp_path / "gt", mode="volume")
 
 
+@pytest.mark.slow
 def test_bundle_evaluate_config_runs_a_folder_against_itself(tmp_path):
     pytest.importorskip("fire", reason="python -m monai.bundle needs the 'fire' package")
     folder = tmp_path / "masks"

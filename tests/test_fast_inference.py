@@ -213,6 +213,7 @@ def test_slice_crop_gives_the_same_mask_and_skips_slices(tmp_path):
     assert masks[False, False][:, :, :3].any() and not masks[True, False][:, :, :3].any()
 
 
+@pytest.mark.slow
 def test_fast_defaults_give_the_masks_of_the_plain_fp32_path(weights, tmp_path):  # noqa: F811
     path, _ = _phantom_with_lung_free_slices(tmp_path / "ct.nii.gz", seed=2)
     plain_pre = ct_preprocessing(slice_crop=False)
@@ -335,6 +336,7 @@ def package_weights(infnet, tmp_path_factory):
     return weights_file, fast
 
 
+@pytest.mark.slow
 def test_package_matches_the_eager_network_without_loading_it(package_weights):
     weights_file, fast = package_weights
     maker = _Maker(fast)
@@ -470,6 +472,7 @@ def test_segment_compiles_only_when_it_pays_off(weights, tmp_path, monkeypatch):
         segment_volumes([str(tmp_path / "case.nii.gz")], opts)
 
 
+@pytest.mark.slow
 def test_segment_builds_the_package_once_and_writes_the_eager_masks(weights, tmp_path, monkeypatch):  # noqa: F811
     if not shutil.which("c++") and not shutil.which("g++"):
         pytest.skip("no C++ compiler: compiled packages cannot be built here")

@@ -28,11 +28,12 @@ class IntensityAsLogit(nn.Module):
         return x[:, :1] * IMAGENET_STD[0] + IMAGENET_MEAN[0] - 0.5
 
 
-def _run(path, lung_crop=False, restrict=False):
-    pre = ct_preprocessing(lung_crop=lung_crop, keep_lung_mask=restrict)
+def _run(path, lung_crop=False, restrict=False, size=352):
+    """The chain at ``size`` px (352: the phantoms' in-plane size, so that nothing is resized)."""
+    pre = ct_preprocessing(lung_crop=lung_crop, keep_lung_mask=restrict, spatial_size=size)
     post = ct_postprocessing(pre, restrict_to_lung=restrict)
     item = pre({"image": str(path)})
-    return infer_volume(item, IntensityAsLogit(), slice_inferer(4, "cpu"), post)
+    return infer_volume(item, IntensityAsLogit(), slice_inferer(4, "cpu", size=size), post)
 
 
 @pytest.mark.parametrize(

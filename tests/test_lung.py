@@ -256,6 +256,7 @@ def test_per_slice_fill_equals_scipy_fill_holes():
     np.testing.assert_array_equal(_per_slice_fill(np.ones((4, 4, 3), bool)), np.ones((4, 4, 3), bool))
 
 
+@pytest.mark.slow
 def test_real_ct_lung_mask_holds_on_thin_slices(dicom_series_dir):
     """The same chest resampled to 1.25 mm slices (and 1.7 mm pixels) gives the same lungs: both
     apices kept (a lung apex merging with the trachea in thin slices is not followed as airway;

@@ -36,6 +36,8 @@ _spec = importlib.util.spec_from_file_location("monailabel_server", REPO_ROOT / 
 server = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(server)
 
+pytestmark = pytest.mark.slow  # a real MONAI Label server, minutes
+
 MODEL = server.BUNDLE_NAME
 HOST = "127.0.0.1"
 SLICES = {"ct_a": (26, 32), "ct_b": (34, 40)}  # two 6-slice stacks (5 mm) through both lungs

@@ -105,6 +105,7 @@ def test_training_step_all_outputs_finite_gradients():
         assert any(grads[n].abs().sum() > 0 for n in grads if n.startswith(head))
 
 
+@pytest.mark.slow
 def test_torchscript_matches_eager():
     torch.manual_seed(0)
     net = InfNet().eval()

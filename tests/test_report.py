@@ -151,6 +151,7 @@ def _red(rgb: np.ndarray) -> np.ndarray:
     return (r > g + 60) & (r > b + 60)
 
 
+@pytest.mark.slow
 def test_qc_montage_real_ct_with_lesion(dicom_series_dir, tmp_path):
     ct, lung = real_ct(dicom_series_dir), real_lung(dicom_series_dir)
     labels = lung[0].numpy()

@@ -67,6 +67,7 @@ def test_real_dicom_series_geometry(dicom_series_dir, tmp_path):
     assert (mask[0].bool() & ~lung).float().mean() < 0.01
 
 
+@pytest.mark.slow
 def test_cli_and_bundle_give_the_same_masks(volumes, weights, tmp_path):
     out_cli = tmp_path / "cli"
     assert main(["segment", str(volumes / "*.nii*"), "-o", str(out_cli), "--weights", str(weights), "-q"]) == 0
@@ -106,6 +107,7 @@ def test_missing_weights_is_a_plain_error(volumes, tmp_path, capsys, monkeypatch
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_bad_volume_reported_others_processed_and_outputs_kept(volumes, weights, tmp_path, capsys):
     bad = volumes / "flat.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((32, 32), np.float32), np.eye(4)), str(bad))

@@ -337,6 +337,7 @@ def semi_train_workflow(tmp_path: Path, folder: Path, stage: int) -> ConfigWorkf
     return wf
 
 
+@pytest.mark.slow
 def test_semi_train_stage2_then_stage3_on_real_slices(semiseg_dir, tmp_path):
     stage2 = semi_train_workflow(tmp_path, semiseg_dir / "pseudo-label", stage=2)
     stage2.run()

@@ -60,6 +60,7 @@ def example_prediction():
     return infer_volume(item, network, slice_inferer(None, "cpu"), post)
 
 
+@pytest.mark.slow
 def test_the_non_covid_example_ct_shows_little_infection(example_prediction):
     """A lung-cancer patient without COVID-19: the involvement stays small (figure in the model card)."""
     from infnet_monai.report.burden import infection_burden

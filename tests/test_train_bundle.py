@@ -186,6 +186,7 @@ def shipped_overrides(tmp_path: Path, data: Path, **extra) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_shipped_recipe_trains_fine_tunes_and_writes_fp16_weights(tmp_path):
     data = write_shipped_data(tmp_path / "data")
     copy_bundle(tmp_path / "bundle")
@@ -212,6 +213,7 @@ def test_shipped_recipe_trains_fine_tunes_and_writes_fp16_weights(tmp_path):
     assert (tmp_path / "run" / "model.pt").is_file() and (tmp_path / "run" / "finetune" / "model.pt").is_file()
 
 
+@pytest.mark.slow
 def test_shipped_recipe_resumes_from_the_last_epoch(tmp_path):
     data = write_shipped_data(tmp_path / "data")
     copy_bundle(tmp_path / "bundle")
@@ -234,6 +236,7 @@ def test_shipped_recipe_resumes_from_the_last_epoch(tmp_path):
     assert lrs == [pytest.approx(lr_after_one)]  # the cosine schedule continues where it stopped
 
 
+@pytest.mark.slow
 def test_train_config_runs_from_command_line(tmp_path):
     data = write_semiseg_slices(tmp_path / "data", count=5, size=64)
     over = overrides(tmp_path, data, epochs=1, val_fraction=0.2, device="cpu")
@@ -250,6 +253,7 @@ def test_train_config_runs_from_command_line(tmp_path):
     assert "val_mean_dice" in proc.stderr + proc.stdout
 
 
+@pytest.mark.slow
 def test_resumed_run_continues_from_saved_epoch(tmp_path):
     data = write_semiseg_slices(tmp_path / "data", count=3, size=64)
     over = overrides(tmp_path, data, val_fraction=0.34, lr_decay_epochs=1, multiscale_rates=[1.0])
@@ -295,6 +299,7 @@ def write_volumes(root: Path, n: int = 2) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_nifti_config_samples_slices_and_validates_volumes(tmp_path):
     data = write_volumes(tmp_path / "vols")
     over = overrides(tmp_path, data, batch_size=4, slices_per_volume=2, val_fraction=0.5, multiscale_rates=[1.0])
@@ -309,6 +314,7 @@ def test_nifti_config_samples_slices_and_validates_volumes(tmp_path):
     assert (tmp_path / "bundle" / "models" / "model.pt").exists()
 
 
+@pytest.mark.slow
 def test_multi_gpu_config_runs_with_torchrun_on_gloo(tmp_path):
     data = write_semiseg_slices(tmp_path / "data", count=6, size=64)
     over = overrides(tmp_path, data, epochs=1, val_fraction=0.34, multiscale_rates=[1.0])
@@ -323,6 +329,7 @@ def test_multi_gpu_config_runs_with_torchrun_on_gloo(tmp_path):
     InfNet().load_state_dict(ckpt["network"])  # saved unwrapped (no DistributedDataParallel prefix)
 
 
+@pytest.mark.slow
 def test_overfits_four_real_slices(tmp_path, semiseg_dir):
     """Learning is real: InfNet (random init) fits 4 doctor-labelled slices at 128 px, Dice > 0.8.
 
