@@ -26,7 +26,7 @@ from infnet_monai.shipped import network_size
 from infnet_monai.transforms.train2d import slice_validation_transforms
 from infnet_monai.utils import atomic_output
 
-__all__ = ["slice_images", "slice_probabilities", "probability_png", "predict_slices"]
+__all__ = ["slice_images", "slice_probabilities", "probability_map", "probability_png", "predict_slices"]
 
 
 def slice_images(inputs: str | os.PathLike) -> list[Path]:
@@ -68,10 +68,16 @@ def slice_probabilities(
             yield Path(file), network(torch.as_tensor(image)[None].to(device))
 
 
+def probability_map(logits: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Probabilities (H, W) of ``logits`` (1, 1, h, w) at ``shape`` = (H, W): bilinear resize of
+    the logits (``align_corners=False``, as the authors' test script), then the sigmoid."""
+    return torch.sigmoid(F.interpolate(logits.float(), size=tuple(shape), mode="bilinear", align_corners=False))[0, 0]
+
+
 def probability_png(logits: torch.Tensor, shape: Sequence[int], normalize: bool = False) -> np.ndarray:
-    """8-bit map (H, W) of ``logits`` (1, 1, h, w) at ``shape`` = (H, W): bilinear resize of the
-    logits, sigmoid, optional min-max normalisation (a constant map gives zeros), × 255 rounded."""
-    prob = torch.sigmoid(F.interpolate(logits.float(), size=tuple(shape), mode="bilinear", align_corners=False))[0, 0]
+    """8-bit map (H, W) of ``logits`` (1, 1, h, w) at ``shape`` = (H, W): :func:`probability_map`,
+    optional min-max normalisation (a constant map gives zeros), × 255 rounded."""
+    prob = probability_map(logits, shape)
     if normalize:
         low, high = prob.min(), prob.max()
         prob = (prob - low) / (high - low) if high > low else torch.zeros_like(prob)

@@ -73,19 +73,16 @@ def slice_protocol_dice(weights: str | Path, datalist: Sequence[dict], image_siz
     """Mean Dice over the paper's 256 thresholds (:mod:`infnet_monai.metrics.slices`) of the model
     in ``weights`` on the slices of ``datalist`` (items ``image``, ``label`` paths), each map
     taken to its image's size as ``infnet-monai predict-slices`` does (without 8-bit rounding)."""
-    import torch
-
     from infnet_monai.inference import load_network
     from infnet_monai.metrics.slices import read_ground_truth, slice_scores, summarise_slice_scores
-    from infnet_monai.predict_slices import slice_probabilities
+    from infnet_monai.predict_slices import probability_map, slice_probabilities
 
     network = load_network(weights, "cpu", compile=False, size=image_size)
     labels = {str(Path(item["image"])): item["label"] for item in datalist}
     scores = []
     for file, logits in slice_probabilities(network, list(labels), image_size):
         gt = read_ground_truth(labels[str(file)])
-        prob = torch.nn.functional.interpolate(logits.float(), size=gt.shape, mode="bilinear", align_corners=False)
-        scores.append(slice_scores(torch.sigmoid(prob)[0, 0].double().numpy(), gt))
+        scores.append(slice_scores(probability_map(logits, gt.shape).double().numpy(), gt))
     return float(summarise_slice_scores(scores)["dice"]["mean"])
 
 
