@@ -96,16 +96,27 @@ def studies(tmp_path_factory, dicom_series_dir) -> dict:
 
 
 @pytest.fixture(scope="module")
-def bundle_copy(tmp_path_factory) -> Path:
+def bundle_copy(tmp_path_factory, studies) -> Path:
     """The bundle's configs in tmp, training made small (:data:`SMALL_TRAINING` merged into
-    ``train_nifti.json``), seeded random InfNet weights in ``models/model.pt``."""
+    ``train_nifti.json``), seeded random InfNet weights in ``models/model.pt`` whose final bias
+    puts the median logit of a ``ct_a`` slice at 0 (so that masks are neither empty nor full)."""
     bundle = tmp_path_factory.mktemp("bundle") / MODEL
     shutil.copytree(BUNDLE_DIR / "configs", bundle / "configs")
     nifti = bundle / "configs" / "train_nifti.json"
     nifti.write_text(json.dumps({**json.loads(nifti.read_text()), **SMALL_TRAINING}, indent=4))
     (bundle / "models").mkdir()
     torch.manual_seed(0)
-    torch.save(InfNet().state_dict(), bundle / "models" / "model.pt")
+    network = InfNet().eval()
+    parser = ConfigParser()
+    parser.read_config(bundle / "configs" / "inference.json")
+    parser["bundle_root"] = str(bundle)
+    image = parser.get_parsed_content("preprocessing")({"image": str(studies["ct_a"][0])})["image"]
+    from infnet_monai.transforms.chain import network_input_batch
+
+    with torch.no_grad():
+        logits = network(network_input_batch(image[..., image.shape[-1] // 2][None].as_tensor()))
+        network.reverse_attention2.predict.bn.bias.sub_(logits.median())
+    torch.save(network.state_dict(), bundle / "models" / "model.pt")
     return bundle
 
 
