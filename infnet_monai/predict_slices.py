@@ -26,7 +26,9 @@ from infnet_monai.shipped import network_size
 from infnet_monai.transforms.train2d import slice_validation_transforms
 from infnet_monai.utils import atomic_output
 
-__all__ = ["slice_images", "slice_probabilities", "probability_map", "probability_png", "predict_slices"]
+__all__ = [
+    "slice_images", "slice_probabilities", "probability_map", "probability_png", "predict_slices", "infection_priors"
+]
 
 
 def slice_images(inputs: str | os.PathLike) -> list[Path]:
@@ -108,6 +110,36 @@ def predict_slices(
     inputs_resolved = {f.resolve() for f in files}
     if any(t.resolve() in inputs_resolved for t in targets):
         raise ValueError(f"{out}: a map would overwrite an input image; choose another output folder")
+    _write_maps(files, targets, weights, image_size, device, normalize)
+    return targets
+
+
+def infection_priors(
+    images: str | os.PathLike,
+    cache_root: str | os.PathLike,
+    weights: str | os.PathLike | None = None,
+    image_size: int | None = None,
+    device: str | None = None,
+) -> Path:
+    """The folder of the infection model's maps for the slice images in ``images`` (the prior
+    of the multi-class stage): ``<cache_root>/<first 12 hex digits of the weights' SHA-256>/
+    <stem>.png``, 8-bit probability × 255 at each image's size. Maps already there are reused
+    (they depend only on the weights and the image); missing ones are written."""
+    from infnet_monai.utils import file_digest
+
+    weights = require_weights(weights)
+    files = slice_images(images)
+    folder = Path(cache_root) / file_digest(weights)[:12]
+    todo = [(f, folder / f"{f.stem}.png") for f in files if not (folder / f"{f.stem}.png").is_file()]
+    if todo:
+        _write_maps([f for f, _ in todo], [t for _, t in todo], weights, image_size, device, normalize=False)
+    return folder
+
+
+def _write_maps(
+    files: Sequence[Path], targets: Sequence[Path], weights, image_size: int | None, device: str | None, normalize: bool
+) -> None:
+    """The model in ``weights`` on ``files``; each map written atomically to its target."""
     weights = require_weights(weights)
     size = image_size or network_size(weights)
     device = default_device(device)
@@ -117,4 +149,3 @@ def predict_slices(
             shape = (img.height, img.width)
         with atomic_output(target, overwrite=True) as tmp:
             Image.fromarray(probability_png(logits, shape, normalize)).save(tmp, format="PNG")
-    return targets

@@ -95,8 +95,8 @@ def best_by_slice_protocol(candidates: Sequence[str | Path], datalist: Sequence[
     return max(dice, key=lambda path: (dice[path], -list(dice).index(path)))
 
 
-def ship_model(checkpoint: str | Path, bundle: str | Path, image_size: int) -> str:
-    """Make the model in ``checkpoint`` the bundle's: ``<bundle>/models/model.pt`` in fp16
+def ship_model(checkpoint: str | Path, bundle: str | Path, image_size: int, name: str = "model.pt") -> str:
+    """Make the model in ``checkpoint`` the bundle's: ``<bundle>/models/<name>`` in fp16
     (:func:`~infnet_monai.networks.convert.convert_checkpoint`) and ``image_size`` as the input
     and output ``spatial_shape`` of ``<bundle>/configs/metadata.json``; both written atomically.
     Returns a one-line summary."""
@@ -111,7 +111,7 @@ def ship_model(checkpoint: str | Path, bundle: str | Path, image_size: int) -> s
     for part in ("inputs", "outputs"):
         for entry in formats.get(part, {}).values():
             entry["spatial_shape"] = [int(image_size), int(image_size)]
-    summary = convert_checkpoint(checkpoint, bundle / "models" / "model.pt", overwrite=True, half=True)
+    summary = convert_checkpoint(checkpoint, bundle / "models" / name, overwrite=True, half=True)
     with atomic_output(meta_path) as tmp:
         tmp.write_text(json.dumps(meta, indent=4, ensure_ascii=False) + "\n", encoding="utf-8")
     return f"{summary}; fp16; {image_size} px recorded in {meta_path}"

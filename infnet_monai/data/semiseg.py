@@ -16,7 +16,7 @@ from monai.data import partition_dataset
 
 from .pairing import index_by_key, unpaired_message
 
-__all__ = ["IMAGE_SUFFIXES", "semiseg_datalist", "split_datalist"]
+__all__ = ["IMAGE_SUFFIXES", "attach_maps", "semiseg_datalist", "split_datalist"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
@@ -73,16 +73,32 @@ def semiseg_datalist(
             raise FileNotFoundError(f"{label_path}: mask folder not found; add {label_dir}/ or set require_labels=False")
 
     for key, folder in (("edge", edge_dir), ("prior", prior_dir)):
-        if folder is None or not (root / folder).is_dir():
-            continue
-        found = index_by_key(root / folder, _image_stem)
-        missing = sorted(labelled - set(found))
-        if missing:
-            raise ValueError(unpaired_message(root / folder, missing, "image"))
-        for item in datalist:
-            stem = Path(item["image"]).stem
-            if stem in labelled:
-                item[key] = str(found[stem])
+        if folder is not None and (root / folder).is_dir():
+            _attach(datalist, root / folder, key, labelled)
+    return datalist
+
+
+def attach_maps(datalist: Sequence[dict], folder: str | os.PathLike, key: str = "prior") -> list[dict]:
+    """Copies of ``datalist``'s items with ``key`` = the map in ``folder`` of the same stem as
+    the item's image (e.g. infection priors made by ``infnet-monai predict-slices``).
+
+    Raises:
+        ValueError: a labelled item (every item, when none has a label) has no map in ``folder``.
+    """
+    items = [dict(item) for item in datalist]
+    stems = {Path(item["image"]).stem for item in items if "label" in item} or {Path(i["image"]).stem for i in items}
+    return _attach(items, Path(folder), key, stems)
+
+
+def _attach(datalist: list[dict], folder: Path, key: str, stems: set[str]) -> list[dict]:
+    found = index_by_key(folder, _image_stem)
+    missing = sorted(stems - set(found))
+    if missing:
+        raise ValueError(unpaired_message(folder, missing, "image"))
+    for item in datalist:
+        stem = Path(item["image"]).stem
+        if stem in stems:
+            item[key] = str(found[stem])
     return datalist
 
 

@@ -14,15 +14,14 @@ wrapped in ``{"state_dict": ...}`` / ``{"model": ...}``):
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
-from typing import Callable, Dict, Mapping, Optional
+from typing import Callable, Dict, Mapping
 
 import torch
 from torch import nn
 
-from infnet_monai.utils import atomic_output
+from infnet_monai.utils import atomic_output, file_digest
 
 __all__ = [
     "CheckpointMismatchError",
@@ -84,13 +83,10 @@ def verify_hash_in_name(path: str | Path) -> None:
     match = _HASH_IN_NAME.search(path.name)
     if not match:
         return
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    if not digest.hexdigest().startswith(match.group(1)):
+    digest = file_digest(path)
+    if not digest.startswith(match.group(1)):
         raise ValueError(
-            f"{path}: SHA-256 {digest.hexdigest()[:8]}… does not match the {match.group(1)} in its name; "
+            f"{path}: SHA-256 {digest[:8]}… does not match the {match.group(1)} in its name; "
             "the download is corrupt or a different file, fetch it again"
         )
 
