@@ -279,6 +279,8 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="infnet-monai", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show third-party notices (e.g. optional GPU decoders not installed)")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in SUBCOMMANDS:
         add(sub)
@@ -296,8 +298,9 @@ def _quiet_optional_decoders() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    _quiet_optional_decoders()
     args = build_parser().parse_args(argv)
+    if not args.verbose:
+        _quiet_optional_decoders()
     try:
         return int(args.func(args) or 0)
     except (UserError, FileNotFoundError, FileExistsError, ValueError) as exc:

@@ -30,6 +30,7 @@ from infnet_monai.networks.packaged import packaged_network
 from infnet_monai.shipped import default_weights, network_size
 from infnet_monai.transforms.chain import network_input_batch
 from infnet_monai.transforms.io import estimated_slices, expand_inputs
+from infnet_monai.naming import CaseFolderLayout, case_name_formatter
 from infnet_monai.utils import AtomicNibabelWriter
 from infnet_monai.utils.geometry import axial_axis, voxel_volume_ml
 
@@ -283,7 +284,8 @@ def slice_inferer(
 
 
 def mask_saver(output_dir: str | Path, postfix: str = "seg", dtype=np.uint8) -> SaveImage:
-    """``SaveImage`` writing ``<input name>_<postfix>.nii.gz`` into ``output_dir``, atomically."""
+    """``SaveImage`` writing ``<case name>_<postfix>.nii.gz`` into ``output_dir``, atomically
+    (:mod:`infnet_monai.naming`: the input's whole name, dots kept)."""
     return SaveImage(
         output_dir=str(output_dir),
         output_postfix=postfix,
@@ -293,6 +295,8 @@ def mask_saver(output_dir: str | Path, postfix: str = "seg", dtype=np.uint8) -> 
         separate_folder=False,
         print_log=False,
         writer=AtomicNibabelWriter,
+        output_name_formatter=case_name_formatter,
+        folder_layout=CaseFolderLayout(output_dir, postfix, ".nii.gz"),
     )
 
 

@@ -9,6 +9,7 @@ next volume is read and preprocessed in a background thread while the current on
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +27,11 @@ from infnet_monai.inference import (
     require_weights,
     slice_inferer,
 )
+from infnet_monai.naming import case_name, check_output_names, output_file
 from infnet_monai.shipped import network_size
 from infnet_monai.transforms.chain import DEFAULT_WINDOW_HU, ct_postprocessing, ct_preprocessing
-from infnet_monai.transforms.io import CTInputError, expand_inputs
+from infnet_monai.transforms.io import CTInputError, estimated_slices, expand_inputs
+from infnet_monai.utils import prepare_output_dir
 from infnet_monai.utils.prefetch import prefetch_map
 
 __all__ = ["SegmentOptions", "output_path", "segment_volumes"]
@@ -70,14 +73,6 @@ class SegmentOptions:
     results: list = field(default_factory=list)
 
 
-def _case_name(path: Path) -> str:
-    name = path.name
-    for ext in (".nii.gz", ".nii"):
-        if name.endswith(ext):
-            return name[: -len(ext)]
-    return name
-
-
 def _write_report(path: Path, result, opts: SegmentOptions) -> None:
     """Burden JSON, CSV row and QC PNG of a segmented volume, next to its mask."""
     from monai.transforms import Orientation
@@ -89,7 +84,7 @@ def _write_report(path: Path, result, opts: SegmentOptions) -> None:
     to_ras = Orientation(axcodes="RAS", labels=RAS_LABELS)
     lung = result.item.get("lung")
     report_volumes(
-        ct, to_ras(result.item["pred"]), None if lung is None else to_ras(lung), _case_name(path),
+        ct, to_ras(result.item["pred"]), None if lung is None else to_ras(lung), case_name(path, opts.series_uid),
         opts.output_dir, overwrite=True,
     )
 
@@ -107,15 +102,57 @@ def _root_cause(exc: BaseException, path: Path) -> str:
     return f"{path}: {inner.__class__.__name__}: {str(inner).splitlines()[0] if str(inner) else ''}"
 
 
-def output_path(input_path: Path, output_dir: Path, postfix: str = "seg") -> Path:
-    """Where the mask of ``input_path`` goes: ``output_dir/<name>_<postfix>.nii.gz``."""
-    return Path(output_dir) / f"{_case_name(Path(input_path))}_{postfix}.nii.gz"
+def _write_error(exc: BaseException, target: Path) -> str:
+    """One line for an output that could not be written. MONAI's ``SaveImage`` folds the
+    writer's error into a multi-line message; its last ``...Error: ...`` line is the cause."""
+    causes = [line.strip() for line in str(exc).splitlines() if re.match(r"\s*\w+(Error|Exception): ", line)]
+    cause = causes[-1] if causes else f"{exc.__class__.__name__}: {' '.join(str(exc).split())}"
+    return f"{target}: cannot write the output ({cause}); free disk space or choose a writable -o"
+
+
+def output_path(input_path: Path, output_dir: Path, postfix: str = "seg", series_uid: str | None = None) -> Path:
+    """Where the mask of ``input_path`` goes: ``output_dir/<case name>_<postfix>.nii.gz``
+    (:func:`infnet_monai.naming.case_name`: the whole input name, dots kept)."""
+    return output_file(case_name(input_path, series_uid), output_dir, postfix)
+
+
+def _output_postfixes(opts: SegmentOptions) -> list[str]:
+    return ["seg"] + (["prob"] if opts.save_prob else []) + (["burden", "qc"] if opts.report else [])
+
+
+def _expected_output_bytes(paths: Sequence[Path], opts: SegmentOptions) -> int:
+    """A generous estimate of the run's output size from the inputs' slice counts (512 × 512
+    voxels a slice: about 0.1 byte a voxel for a compressed mask, 2 for probabilities)."""
+    per_voxel = 0.1 + (2.0 if opts.save_prob else 0.0)
+    return int(sum(estimated_slices(p) for p in paths) * 512 * 512 * per_voxel) + (1 << 20) * len(paths)
 
 
 def segment_volumes(inputs: Sequence[str], opts: SegmentOptions) -> int:
-    """Segment every volume in ``inputs``; returns the number of volumes that failed."""
-    paths = expand_inputs(inputs)
+    """Segment every volume in ``inputs``; returns the number of inputs that failed, were
+    skipped (a glob's match that is not a volume) or gave no usable result (no lung found).
+
+    Before any work: every input's outputs are named by one rule (:mod:`infnet_monai.naming`),
+    two inputs sharing an output or an output replacing an input stop the run
+    (:class:`~infnet_monai.naming.OutputClash`), and the output folder is created and checked
+    (writable, free space; :class:`~infnet_monai.utils.OutputDirError`).
+    """
+    skipped: list[str] = []
+    paths = expand_inputs(inputs, skipped)
+    for reason in skipped:
+        print(f"skipped: {reason}", file=sys.stderr)
+    if not paths:
+        raise CTInputError(f"{', '.join(map(str, inputs))}: no CT volume among the matches; see the lines above")
+    targets = check_output_names(paths, opts.output_dir, _output_postfixes(opts), opts.series_uid)
     weights = require_weights(opts.weights)
+    failures = len(skipped)
+    todo = []
+    for path in paths:
+        target = targets[path]
+        if target.exists() and not opts.overwrite:
+            print(f"{target}: exists, kept; pass --overwrite to replace it", file=sys.stderr)
+        else:
+            todo.append(path)
+    prepare_output_dir(opts.output_dir, _expected_output_bytes(todo, opts))
     size = opts.image_size or network_size(weights)
     pre = ct_preprocessing(
         spatial_size=size, window=opts.window, lung_crop=opts.lung_crop, slice_crop=opts.slice_crop, series_uid=opts.series_uid,
@@ -128,23 +165,14 @@ def segment_volumes(inputs: Sequence[str], opts: SegmentOptions) -> int:
     inferer = slice_inferer(opts.batch_size, opts.device, progress=opts.progress, precision=opts.precision, size=size)
     save_mask = mask_saver(opts.output_dir, "seg", np.uint8)
     save_prob = mask_saver(opts.output_dir, "prob", np.float32)
-    failures = 0
-    todo = []
-    for path in paths:
-        target = output_path(path, opts.output_dir)
-        if target.resolve() == path.resolve():
-            print(f"{path}: output would overwrite the input; choose another -o", file=sys.stderr)
-            failures += 1
-        elif target.exists() and not opts.overwrite:
-            print(f"{target}: exists, kept; pass --overwrite to replace it", file=sys.stderr)
-        else:
-            todo.append(path)
     compile = compile_choice(todo, opts.device, opts.precision, requested=opts.compile)
     network = load_network(weights, opts.device, compile=compile, batch_size=opts.batch_size, size=size)
     prefetch = default_device(opts.device).type == "cuda" if opts.prefetch is None else opts.prefetch
     volumes = prefetch_map(lambda p: pre({"image": str(p)}), todo, enabled=prefetch)
-    for path, item in tqdm(volumes, total=len(todo), desc="volumes", unit="vol", disable=not opts.progress or len(todo) < 2):
-        target = output_path(path, opts.output_dir)
+    for done, (path, item) in enumerate(
+        tqdm(volumes, total=len(todo), desc="volumes", unit="vol", disable=not opts.progress or len(todo) < 2)
+    ):
+        target = targets[path]
         try:
             if isinstance(item, Exception):
                 raise item
@@ -153,11 +181,26 @@ def segment_volumes(inputs: Sequence[str], opts: SegmentOptions) -> int:
             print(f"error: {_root_cause(exc, path)}", file=sys.stderr)
             failures += 1
             continue
-        save_mask(result.item["pred"])
-        if opts.save_prob:
-            save_prob(result.item["prob"])
-        if opts.report:
-            _write_report(path, result, opts)
+        try:
+            save_mask(result.item["pred"])
+            if opts.save_prob:
+                save_prob(result.item["prob"])
+            if opts.report:
+                _write_report(path, result, opts)
+        except Exception as exc:  # noqa: BLE001 - a full or read-only disk fails every later volume too
+            print(f"error: {_write_error(exc, target)}", file=sys.stderr)
+            left = len(todo) - done - 1
+            if left:
+                print(f"error: {left} more volume(s) not segmented after the write error", file=sys.stderr)
+            return failures + 1 + left
         opts.results.append((path, target, result))
-        print(result.summary(_case_name(path)))
+        print(result.summary(case_name(path, opts.series_uid)))
+        lung = result.item.get("lung")
+        if lung is not None and not bool((lung == 1).any() or (lung == 2).any()):
+            print(
+                f"warning: {path}: no lung found (no air-filled lung tissue below -320 HU), so the mask is empty; "
+                "check that the input is a chest CT in HU that covers the lungs",
+                file=sys.stderr,
+            )
+            failures += 1
     return failures

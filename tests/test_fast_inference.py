@@ -405,7 +405,8 @@ def test_failed_build_or_load_falls_back_to_the_eager_network(infnet, tmp_path, 
     path = package_path(weights_file, 2, PACKAGE_SIZE)
     assert not path.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"not a package")
+    path.write_bytes(b"not a package")  # with its build record: trusted, but not loadable
+    (path.parent / (path.name + ".blake2b")).write_text(packaged._package_digest(path))
     with pytest.warns(UserWarning, match="compiled network could not be loaded.*delete the file to rebuild it"):
         assert packaged_network(weights_file, _Maker(fast), 2, PACKAGE_SIZE, build=False) is fast
 

@@ -101,6 +101,7 @@ def test_volume_without_lungs_is_not_cropped_to_nothing(tmp_path):
     spacing = (1.5, 1.5, 5.0)
     vol = np.full((64, 80, 3), 40.0, np.float32)
     vol[10:20, 10:30, :] = -200.0
+    vol[0] = -1000.0  # air outside the body: a CT in HU, only without lung
     path = save_nifti(tmp_path / "nolung.nii.gz", vol, affine_for(spacing, "RAS"))
     mask = _run(path, lung_crop=True)
     assert tuple(mask.item["pred"].shape[1:]) == vol.shape

@@ -12,12 +12,21 @@ Packages live in :func:`package_dir`, named by a digest of the weights file, the
 source code, the batch and the slice size, plus the torch version and the CPU's instruction
 set: a package is only ever used for the weights, code, shapes and machine type it was built
 for. Files are written to a temporary name and renamed: a package is complete or absent.
+
+A package is native code that ``dlopen`` runs, so it is used only from a folder that is the
+user's own (owned by them, no access for group or others; created with mode 0700) and only when
+it is a regular file owned by the user whose digest matches the one recorded when it was built
+(``<package>.blake2b``). Anything else is not loaded: a one-line warning, and the network runs
+eager (a package failing the check inside the private folder is deleted and, when a build was
+asked for, rebuilt).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import stat
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -25,11 +34,20 @@ from typing import Callable
 import torch
 from torch import nn
 
-from infnet_monai.utils import atomic_output
+from infnet_monai.utils import atomic_output, file_digest
 from infnet_monai.utils.cache import CACHE_ENV, cache_dir
 from infnet_monai.utils.cpuinfo import cpuinfo_field
 
-__all__ = ["CACHE_ENV", "package_dir", "package_path", "build_package", "PackagedNetwork", "packaged_network"]
+__all__ = [
+    "CACHE_ENV",
+    "package_dir",
+    "private_package_dir",
+    "package_path",
+    "trusted_package",
+    "build_package",
+    "PackagedNetwork",
+    "packaged_network",
+]
 
 # the modules whose code the compiled graph is made of (a change in any of them needs a new build)
 _NETWORK_SOURCES = ("infnet", "blocks", "res2net", "fuse", "optimize", "convert")
@@ -50,10 +68,7 @@ def _cpu_tag() -> str:
 def package_path(weights: str | Path, batch: int, size: int) -> Path:
     """Where the package of the network with ``weights`` for ``(batch, 3, size, size)`` slices
     is (or would be). Reads the weights file once (about 0.1 s for Inf-Net's 125 MB)."""
-    digest = hashlib.blake2b(digest_size=12)
-    with open(weights, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
+    digest = hashlib.blake2b(file_digest(weights, digest_size=32).encode(), digest_size=12)
     here = Path(__file__).parent
     for name in _NETWORK_SOURCES:
         digest.update((here / f"{name}.py").read_bytes())
@@ -61,16 +76,67 @@ def package_path(weights: str | Path, batch: int, size: int) -> Path:
     return package_dir() / f"infnet-{digest.hexdigest()}-b{batch}-{size}px-{tag}.pt2"
 
 
+def private_package_dir() -> Path | None:
+    """:func:`package_dir`, created with mode 0700 when missing, if it is the user's own
+    (owned by them, no permissions for group or others); otherwise None after a one-line
+    warning naming the folder and the fix."""
+    folder = package_dir()
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = folder.lstat()
+    except OSError as exc:
+        warnings.warn(f"{folder}: compiled-network cache unusable ({exc.strerror}); running the network uncompiled")
+        return None
+    if not hasattr(os, "getuid"):  # no POSIX owners (Windows): the user profile's own folder
+        return folder
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        warnings.warn(
+            f"{folder}: compiled-network cache is not private to you (owner uid {info.st_uid}, mode "
+            f"{stat.S_IMODE(info.st_mode):o}); packages there are not used. Run 'chmod 700 {folder}' if it is "
+            f"yours, or set {CACHE_ENV} to a private folder"
+        )
+        return None
+    return folder
+
+
+def _digest_path(path: Path) -> Path:
+    return path.with_name(path.name + ".blake2b")
+
+
+def _package_digest(path: Path) -> str:
+    return file_digest(path, digest_size=32)
+
+
+def trusted_package(path: Path) -> bool:
+    """True when ``path`` is a regular file owned by the user, not writable by group or others,
+    whose digest matches the one recorded when this user's build wrote it."""
+    try:
+        info = path.lstat()
+        recorded = _digest_path(path).read_text().strip()
+    except OSError:
+        return False
+    if not stat.S_ISREG(info.st_mode) or info.st_mode & 0o022:
+        return False
+    if hasattr(os, "getuid") and info.st_uid != os.getuid():
+        return False
+    return recorded == _package_digest(path)
+
+
 def build_package(network: nn.Module, batch: int, size: int, path: str | Path) -> Path:
     """Export and AOT-compile the eval-mode ``network`` for ``(batch, 3, size, size)`` float32
-    slices into the package ``path`` (written atomically). Needs a C++ compiler; 30-60 s."""
+    slices into the package ``path`` (written atomically) and record its digest beside it.
+    Needs a C++ compiler; 30-60 s."""
     import torch._inductor  # the compiler: imported only when a package is built
 
+    path = Path(path)
     example = torch.zeros(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     with torch.no_grad(), atomic_output(path) as tmp:
         exported = torch.export.export(network.eval(), (example,))
         torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp), inductor_configs={"freezing": True})
-    return Path(path)
+        digest = _package_digest(tmp)
+        with atomic_output(_digest_path(path)) as record:
+            record.write_text(digest + "\n")
+    return path
 
 
 def _load_runner(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -142,8 +208,18 @@ def packaged_network(
     slices: the package built before on this machine, else one built now when ``build`` (30-60 s;
     ``make_network()`` gives the eval CPU fp32 network to compile), else ``make_network()``
     itself. A failed build or load warns in one line and returns the eager network."""
-    path = package_path(weights, batch, size)
+    folder = private_package_dir()
+    if folder is None:
+        return make_network()
+    path = folder / package_path(weights, batch, size).name
     network = None
+    if (path.exists() or path.is_symlink()) and not trusted_package(path):
+        warnings.warn(
+            f"{path}: compiled network not built by you here or changed since (owner, mode or digest); "
+            "not loaded, removed" + (" and rebuilt" if build else "")
+        )
+        for stale in (path, _digest_path(path)):
+            stale.unlink(missing_ok=True)
     if not path.is_file():
         network = make_network()
         if not build:

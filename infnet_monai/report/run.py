@@ -9,31 +9,22 @@ from typing import Any
 from monai.data import MetaTensor
 from monai.transforms import Orientation
 
+from infnet_monai.naming import case_name
 from infnet_monai.report.burden import infection_burden, update_report_csv, write_report_json
 from infnet_monai.report.qc import burden_lines, write_qc_png
 from infnet_monai.transforms.io import LoadCT
 from infnet_monai.transforms.lung import LungMask
 from infnet_monai.utils.geometry import RAS_LABELS, affine_of, check_same_geometry
 
-__all__ = ["load_volume", "case_name", "make_report", "report_volumes"]
-
-_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
+__all__ = ["load_volume", "make_report", "report_volumes"]
 
 
-def load_volume(path: str | os.PathLike) -> MetaTensor:
+def load_volume(path: str | os.PathLike, check_hu: bool = True) -> MetaTensor:
     """Volume file (or DICOM series folder) -> MetaTensor (1, X, Y, Z) oriented RAS, read by the
-    pipeline's CT reader (same geometry as ``infnet-monai segment``)."""
-    image = LoadCT(image_only=True, ensure_channel_first=True)(str(path))
+    pipeline's CT reader (same geometry as ``infnet-monai segment``); ``check_hu=False`` for
+    masks (a CT is refused when it is not in HU)."""
+    image = LoadCT(image_only=True, ensure_channel_first=True, check_hu=check_hu)(str(path))
     return Orientation(axcodes="RAS", labels=RAS_LABELS)(image)
-
-
-def case_name(path: str | os.PathLike) -> str:
-    """Case name from a file name without its volume suffix (or a directory name)."""
-    name = Path(path).name
-    for suffix in _SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 def make_report(
@@ -59,11 +50,11 @@ def make_report(
             raise ValueError(f"{out}: output would overwrite an input; choose another -o/--csv")
 
     ct = load_volume(image)
-    infection = load_volume(mask)
+    infection = load_volume(mask, check_hu=False)
     check_same_geometry(str(mask), infection.shape[1:], affine_of(infection), str(image), ct.shape[1:], affine_of(ct))
     lung = None
     if lung_mask is not None:
-        lung = load_volume(lung_mask)
+        lung = load_volume(lung_mask, check_hu=False)
         check_same_geometry(str(lung_mask), lung.shape[1:], affine_of(lung), str(image), ct.shape[1:], affine_of(ct))
     return report_volumes(ct, infection, lung, case, out_dir, csv_path, overwrite, qc_slices)
 

@@ -160,9 +160,9 @@ def ct_preprocessing(
     spatial_keys = [image_key] + label_keys
     xforms: list = []
     if load:
-        xforms.append(
-            LoadCTd(keys=spatial_keys, series_uid=series_uid, image_only=True, ensure_channel_first=True)
-        )
+        xforms.append(LoadCTd(keys=image_key, series_uid=series_uid, image_only=True, ensure_channel_first=True))
+        if label_keys:  # label maps are not in HU
+            xforms.append(LoadCTd(keys=label_keys, image_only=True, ensure_channel_first=True, check_hu=False))
     xforms += [
         EnsureTyped(keys=spatial_keys, dtype=torch.float32, track_meta=True),
         Orientationd(keys=spatial_keys, axcodes=SLICE_AXCODES, labels=None),

@@ -14,6 +14,7 @@ by another reader. ``expand_inputs`` turns command-line INPUT arguments into one
 from __future__ import annotations
 
 import glob
+import os
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from monai.utils import ImageMetaKey, MetaKeys, SpaceKeys, ensure_tuple
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
+from infnet_monai.naming import CASE_NAME_KEY, case_name
 from infnet_monai.utils.fast_gzip import register_fast_gzip
 from infnet_monai.utils.geometry import axial_axis
 
@@ -47,6 +49,7 @@ __all__ = [
     "input_kind",
     "estimated_slices",
     "expand_inputs",
+    "check_hounsfield",
 ]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -125,22 +128,44 @@ def estimated_slices(path: PathLike) -> int:
     return 0
 
 
+def volume_folders_below(folder: Path, max_folders: int = 2000) -> list[Path]:
+    """Folders below ``folder`` (not itself) that hold a DICOM series or NIfTI files, in name
+    order; at most ``max_folders`` folders are visited."""
+    found, visited = [], 0
+    for root, dirs, _ in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        visited += 1
+        if visited > max_folders:
+            break
+        here = Path(root)
+        if here != folder and input_kind(here) in ("dicom_folder", "nifti_folder"):
+            found.append(here)
+    return found
+
+
 def _unknown_message(path: Path) -> str:
     if path.is_dir():
-        return (
-            f"{path}: folder holds no DICOM or NIfTI files; {_UNKNOWN_FIX} "
-            f"(for nested series folders pass a glob such as '{path}/*/')"
-        )
+        below = volume_folders_below(path)
+        if below:
+            shown = ", ".join(str(p.relative_to(path)) for p in below[:4]) + (" ..." if len(below) > 4 else "")
+            return (
+                f"{path}: a study or patient folder with {len(below)} series folder(s) below it ({shown}); "
+                f"pass one of them, or all with the glob '{path}/**/'"
+            )
+        return f"{path}: folder holds no DICOM or NIfTI files; {_UNKNOWN_FIX}"
     return f"{path}: not a NIfTI or DICOM file; {_UNKNOWN_FIX}"
 
 
-def expand_inputs(patterns: Iterable[PathLike]) -> list[Path]:
+def expand_inputs(patterns: Iterable[PathLike], skipped: list[str] | None = None) -> list[Path]:
     """Expand CLI INPUT arguments (files, folders, globs) into one path per CT volume.
 
     A NIfTI file or a multi-frame DICOM file is one volume; a folder holding DICOM files is one
     volume (its series); a folder holding only NIfTI files expands to those files (sorted); a 2D
     DICOM slice stands for its folder. Duplicates are dropped, order is kept. Raises
-    ``CTInputError`` for a missing path, a glob matching nothing, or anything else.
+    ``CTInputError`` for a missing path, a glob matching nothing, or anything else named
+    directly. What a glob matches that is not a volume is passed over: folders that only hold
+    other folders (a study folder matched by ``**/``) silently, anything else with its one-line
+    reason appended to ``skipped`` (without ``skipped``, it raises as a named path does).
     """
     volumes: dict[Path, None] = {}
     for pattern in patterns:
@@ -153,6 +178,7 @@ def expand_inputs(patterns: Iterable[PathLike]) -> list[Path]:
                 raise CTInputError(f"{pattern}: the pattern matches no file or folder; check it")
         else:
             raise CTInputError(f"{pattern}: no such file or folder; check the path")
+        globbed = not path.exists()
         for match in matches:
             kind = input_kind(match)
             if kind in VOLUME_KINDS:
@@ -161,6 +187,10 @@ def expand_inputs(patterns: Iterable[PathLike]) -> list[Path]:
                 volumes[match.parent] = None
             elif kind == "nifti_folder":
                 volumes.update(dict.fromkeys(f for f in _folder_files(match) if _is_nifti(f)))
+            elif globbed and match.is_dir() and not _folder_files(match) and any(p.is_dir() for p in match.iterdir()):
+                continue  # a folder of folders matched by a glob: its series are matched themselves
+            elif globbed and skipped is not None:
+                skipped.append(_unknown_message(match))
             else:
                 raise CTInputError(_unknown_message(match))
     return list(volumes)
@@ -182,6 +212,7 @@ class SeriesInfo:
     files: tuple[Path, ...]
     positions: tuple[tuple[float, float, float], ...] = ()
     orientation: tuple[float, ...] = ()
+    problem: str = ""  # files that do not fit the series (size, orientation, modality, position)
 
     def __str__(self) -> str:
         return f"{self.uid} '{self.description}' ({self.modality}, {self.n_slices} slices)"
@@ -198,8 +229,48 @@ def _read_header(path: Path) -> pydicom.Dataset | None:
     return ds
 
 
+def _names(paths: Sequence[Path], limit: int = 4) -> str:
+    shown = ", ".join(p.name for p in paths[:limit])
+    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+def _odd_files(headers: list[tuple[Path, pydicom.Dataset]]) -> str:
+    """What sets some files apart from the rest of their series, naming them ("" if nothing):
+    another image size, orientation or modality than most slices (a localizer, a stray export),
+    or two files at one position (a copied slice)."""
+    checks = {
+        "image size (Rows x Columns)": lambda ds: f"{ds.get('Rows')} x {ds.get('Columns')}",
+        "orientation (ImageOrientationPatient)": lambda ds: tuple(
+            round(float(v), 3) for v in (ds.get("ImageOrientationPatient") or ())
+        ),
+        "modality": lambda ds: str(ds.get("Modality", "")),
+    }
+    for what, key in checks.items():
+        values = [key(ds) for _, ds in headers]
+        common = max(set(values), key=values.count)
+        odd = [path for (path, _), value in zip(headers, values) if value != common]
+        if odd:
+            value = key(dict(headers)[odd[0]])
+            return (
+                f"{_names(odd)} differ from the other {len(headers) - len(odd)} slices in {what} "
+                f"({value} instead of {common}); move them out of the folder"
+            )
+    if len(headers) > 1 and all("ImagePositionPatient" in ds and "ImageOrientationPatient" in ds for _, ds in headers):
+        at: dict[tuple, list[Path]] = {}
+        for path, ds in headers:
+            at.setdefault(tuple(round(float(v), 3) for v in ds.ImagePositionPatient), []).append(path)
+        shared = [paths for paths in at.values() if len(paths) > 1]
+        if shared and len(shared) < len(at):  # a few copies; every position repeated is a 4D series
+            return (
+                f"{_names(shared[0])} lie at the same position ({len(shared)} such group(s)): duplicated slice "
+                "files; remove the copies"
+            )
+    return ""
+
+
 def _sorted_series(headers: list[tuple[Path, pydicom.Dataset]]) -> SeriesInfo:
     """``SeriesInfo`` of the (path, header) pairs of one series."""
+    problem = _odd_files(headers)
     first = headers[0][1]
     orientation = tuple(float(v) for v in first.get("ImageOrientationPatient") or ())
     if len(orientation) == 6 and all("ImagePositionPatient" in ds for _, ds in headers):
@@ -218,6 +289,7 @@ def _sorted_series(headers: list[tuple[Path, pydicom.Dataset]]) -> SeriesInfo:
         files=tuple(path for path, _ in headers),
         positions=positions,
         orientation=orientation,
+        problem=problem,
     )
 
 
@@ -365,6 +437,8 @@ class CTReader(ImageReader):
             reads the only series and fails with a listing if there are several.
         affine_lps_to_ras: ``affine`` in RAS (as ``NibabelReader``/``ITKReader`` by default);
             ``False`` gives LPS for both NIfTI and DICOM.
+        check_hu: refuse volumes that are not a CT in Hounsfield units (:func:`check_hounsfield`);
+            ``False`` for label volumes read through the same chain.
 
     ``get_data`` returns a float32 array (X, Y, Z) in HU and MONAI meta: ``affine``,
     ``original_affine`` (4x4, mm), ``spatial_shape``, ``spacing`` (mm), ``space``,
@@ -373,11 +447,12 @@ class CTReader(ImageReader):
     Bad input raises ``CTInputError`` naming the path and the fix.
     """
 
-    def __init__(self, series_uid: str | None = None, affine_lps_to_ras: bool = True) -> None:
+    def __init__(self, series_uid: str | None = None, affine_lps_to_ras: bool = True, check_hu: bool = True) -> None:
         super().__init__()
         register_fast_gzip()  # .nii.gz through ISA-L when installed
         self.series_uid = series_uid
         self.affine_lps_to_ras = affine_lps_to_ras
+        self.check_hu = check_hu
 
     def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
         """True for one NIfTI file, one DICOM series folder or one multi-frame DICOM file."""
@@ -431,6 +506,8 @@ class CTReader(ImageReader):
             except Exception as exc:
                 raise CTInputError(f"{path}: not readable DICOM ({_one_line(exc)}); replace the corrupt file") from exc
             info = _sorted_series([(path, header)])
+        if info.problem:
+            raise CTInputError(f"{path}: in series {info.uid}, {info.problem}")
         if info.modality != "CT":
             raise CTInputError(
                 f"{path}: series {info.uid} has modality '{info.modality or 'missing'}', not CT; "
@@ -453,7 +530,10 @@ class CTReader(ImageReader):
             raise CTInputError(
                 f"{img.path}: {n_bad} voxel(s) are NaN or infinite; replace them (e.g. with -1024 HU) and save again"
             )
+        if self.check_hu:
+            check_hounsfield(img.path, data)
         meta[ImageMetaKey.FILENAME_OR_OBJ] = str(img.path)
+        meta[CASE_NAME_KEY] = case_name(img.path, self.series_uid if img.nifti_reader is None else None)
         return _float32_c_order(data), meta
 
     def _nifti_data(self, img: _CTImage) -> tuple[np.ndarray, dict]:
@@ -482,6 +562,34 @@ class CTReader(ImageReader):
         meta[MetaKeys.SPATIAL_SHAPE] = np.asarray(image.GetSize())
         meta[MetaKeys.ORIGINAL_CHANNEL_DIM] = float("nan")
         return sitk.GetArrayFromImage(image).T, meta  # (z, y, x) -> (i, j, k) = (x, y, z)
+
+
+MAX_LABEL_VALUES = 16  # a volume with this few distinct values is a label map or mask, not a CT
+AIR_BELOW_HU = -500.0  # every chest CT in HU has air (outside the body, airways, lung) below this
+
+
+def check_hounsfield(path: PathLike, data: np.ndarray) -> None:
+    """Refuse a volume that is not a CT in Hounsfield units, naming the file and the fix:
+    a label map or binary mask (at most :data:`MAX_LABEL_VALUES` distinct values, none negative,
+    among about a million voxels sampled evenly), or no voxel below :data:`AIR_BELOW_HU` (values scaled to
+    [0, 1], stored with an offset such as 0-4095, int8, or not a CT at all). About 0.1 s for a
+    512 x 512 x 600 volume."""
+    flat = np.asarray(data).reshape(-1, order="A")
+    sample = flat[:: max(1, flat.size // 1_000_000)]
+    values = np.unique(sample[np.isfinite(sample)] if sample.dtype.kind == "f" else sample)
+    if len(values) <= MAX_LABEL_VALUES and values[0] >= 0:
+        shown = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if len(values) > 6 else "")
+        raise CTInputError(
+            f"{path}: holds only {len(values)} distinct value(s) ({shown}), a label map or mask, not a CT in "
+            "Hounsfield units; pass the CT volume itself"
+        )
+    low = float(np.nanmin(flat)) if flat.dtype.kind == "f" else float(flat.min())
+    if low > AIR_BELOW_HU:
+        raise CTInputError(
+            f"{path}: lowest value {low:.4g}, so no air (near -1000 in a CT in Hounsfield units): the volume is "
+            "scaled, stored with an offset or without its rescale, or not a CT; convert it to HU "
+            "(e.g. subtract 1024 when it is stored as 0-4095)"
+        )
 
 
 def _float32_c_order(data: np.ndarray) -> np.ndarray:
@@ -514,7 +622,8 @@ class LoadCT(LoadImage):
     so an MR series or a 2D NIfTI would be read silently by ``PydicomReader``/``NibabelReader``;
     this transform always passes its ``CTReader`` as the runtime reader, so ``CTInputError``
     reaches the caller. Returns a float32 MetaTensor (X, Y, Z) in HU, (1, X, Y, Z) with
-    ``ensure_channel_first``. Other arguments as ``LoadImage``.
+    ``ensure_channel_first``. ``check_hu``: refuse volumes not in HU (False for label volumes).
+    Other arguments as ``LoadImage``.
     """
 
     def __init__(
@@ -528,8 +637,9 @@ class LoadCT(LoadImage):
         prune_meta_sep: str = ".",
         expanduser: bool = True,
         affine_lps_to_ras: bool = True,
+        check_hu: bool = True,
     ) -> None:
-        self.ct_reader = CTReader(series_uid=series_uid, affine_lps_to_ras=affine_lps_to_ras)
+        self.ct_reader = CTReader(series_uid=series_uid, affine_lps_to_ras=affine_lps_to_ras, check_hu=check_hu)
         with warnings.catch_warnings():  # LoadImage also builds MONAI's default readers, never used here
             warnings.simplefilter("ignore", UserWarning)
             super().__init__(
@@ -542,7 +652,8 @@ class LoadCT(LoadImage):
 
 
 class LoadCTd(LoadImaged):
-    """Dictionary twin of :class:`LoadCT`; arguments as ``LoadImaged`` plus ``series_uid``."""
+    """Dictionary twin of :class:`LoadCT`; arguments as ``LoadImaged`` plus ``series_uid`` and
+    ``check_hu`` (False for label volumes)."""
 
     def __init__(
         self,
@@ -560,6 +671,7 @@ class LoadCTd(LoadImaged):
         allow_missing_keys: bool = False,
         expanduser: bool = True,
         affine_lps_to_ras: bool = True,
+        check_hu: bool = True,
     ) -> None:
         super().__init__(
             keys, None, dtype, meta_keys, meta_key_postfix, overwriting, image_only, ensure_channel_first,
@@ -567,5 +679,5 @@ class LoadCTd(LoadImaged):
         )
         self._loader = LoadCT(
             series_uid, image_only, dtype, ensure_channel_first, simple_keys, prune_meta_pattern, prune_meta_sep,
-            expanduser, affine_lps_to_ras,
+            expanduser, affine_lps_to_ras, check_hu,
         )

@@ -1,0 +1,102 @@
+"""Output names: one rule for the existence check, the write and the summary of every volume.
+
+A volume's *case name* is its file or folder name whole (dots, spaces and non-ASCII characters
+kept: TCIA series folders such as ``2.000000-5mm-40805`` hold dots), less a volume suffix
+(``.nii.gz``, ``.nii``, ``.dcm``, ``.mha``, ``.mhd``, ``.nrrd``), plus
+``_series-<SeriesInstanceUID>`` when a series was chosen in a folder. Its outputs are ``<output_dir>/<case name>_<postfix><ext>``. MONAI's default
+``FolderLayout`` cuts a name at its first dot, so the writers use :class:`CaseFolderLayout` and
+:func:`case_name_formatter` (the case name the reader put in the image's meta).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from monai.data import FolderLayoutBase
+from monai.utils import ImageMetaKey
+
+__all__ = [
+    "CASE_NAME_KEY",
+    "case_name",
+    "output_file",
+    "CaseFolderLayout",
+    "case_name_formatter",
+    "OutputClash",
+    "check_output_names",
+]
+
+CASE_NAME_KEY = "case_name"  # meta key: the case name the reader decided
+_STRIPPED = (".nii.gz", ".nii", ".dcm", ".mha", ".mhd", ".nrrd")
+
+
+def case_name(path: str | os.PathLike, series_uid: str | None = None) -> str:
+    """The case name of the volume at ``path`` (see the module docstring)."""
+    name = Path(path).name
+    for suffix in _STRIPPED:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            name = name[: -len(suffix)]
+            break
+    return f"{name}_series-{series_uid}" if series_uid else name
+
+
+def output_file(case: str, output_dir: str | os.PathLike, postfix: str, ext: str = ".nii.gz") -> Path:
+    """``<output_dir>/<case>_<postfix><ext>``."""
+    return Path(output_dir) / f"{case}_{postfix}{ext}"
+
+
+class CaseFolderLayout(FolderLayoutBase):
+    """``SaveImage`` folder layout writing ``<output_dir>/<subject>_<postfix><ext>`` with the
+    subject kept whole (MONAI's ``FolderLayout`` strips everything after a dot)."""
+
+    def __init__(self, output_dir: str | os.PathLike, postfix: str, extension: str = ".nii.gz") -> None:
+        self.output_dir = Path(output_dir)
+        self.postfix = postfix
+        self.ext = extension if extension.startswith(".") else f".{extension}"
+
+    def filename(self, subject: str | os.PathLike = "subject", idx=None, **kwargs) -> Path:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        return output_file(str(subject), self.output_dir, self.postfix, self.ext)
+
+
+def case_name_formatter(metadict: dict | None, saver=None) -> dict:
+    """``SaveImage`` ``output_name_formatter``: the reader's case name (meta ``case_name``), else
+    the case name of ``filename_or_obj``."""
+    meta = metadict or {}
+    name = meta.get(CASE_NAME_KEY) or case_name(str(meta.get(ImageMetaKey.FILENAME_OR_OBJ, "subject")))
+    return {"subject": str(name)}
+
+
+class OutputClash(ValueError):
+    """Two inputs would write one output file, or an output would replace an input."""
+
+
+def check_output_names(
+    inputs: Sequence[Path], output_dir: str | os.PathLike, postfixes: Iterable[str], series_uid: str | None = None
+) -> dict[Path, Path]:
+    """The mask file of every input (``postfixes[0]``), after checking all outputs of all inputs
+    (one per postfix) before any work: raises :class:`OutputClash` naming both paths when two
+    inputs share an output or an output is one of the inputs (or a file inside an input folder)."""
+    postfixes = list(postfixes)
+    owners: dict[Path, list[Path]] = defaultdict(list)
+    for path in inputs:
+        case = case_name(path, series_uid)
+        for postfix in postfixes:
+            owners[output_file(case, output_dir, postfix).resolve()].append(path)
+    for target, sources in owners.items():
+        if len(sources) > 1:
+            raise OutputClash(
+                f"{sources[0]} and {sources[1]} would both be written to {target}; "
+                "segment them into different output folders or rename one"
+            )
+    resolved = {Path(p).resolve(): p for p in inputs}
+    for target in owners:
+        for candidate in (target, target.parent):
+            if candidate in resolved and (candidate == target or Path(resolved[candidate]).is_dir()):
+                raise OutputClash(
+                    f"{target}: this output would replace or enter the input {resolved[candidate]}; "
+                    "choose an output folder outside the inputs"
+                )
+    return {path: output_file(case_name(path, series_uid), output_dir, postfixes[0]) for path in inputs}
