@@ -162,3 +162,13 @@ def test_bundle_evaluate_config_runs_a_folder_against_itself(tmp_path):
     report = json.loads(out.read_text())
     assert [r["dice"] for r in report["cases"]] == [1.0, 1.0]
     assert report["summary"]["1"]["hd95_mm"]["mean"] == 0.0
+
+
+def test_truncated_file_is_one_line_naming_it(volume_folders, tmp_path, capsys):
+    pred, label = volume_folders
+    data = (pred / "b_seg.nii.gz").read_bytes()
+    (pred / "b_seg.nii.gz").write_bytes(data[: len(data) // 2])  # a copy cut short
+    assert main(["evaluate", "--pred", str(pred), "--label", str(label), "-o", str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{pred / 'b_seg.nii.gz'}: unreadable" in err and "truncated or corrupt" in err
+    assert not (tmp_path / "r.json").exists()

@@ -141,7 +141,16 @@ def pair_files(pred: str | os.PathLike, label: str | os.PathLike, mode: str = "v
 
 
 def _load_volume(path: Path, loader: LoadImage):
-    image = loader(str(path))
+    try:
+        image = loader(str(path))
+    except Exception as exc:  # noqa: BLE001 - truncated or corrupt file: MONAI wraps the reader's error
+        cause = exc
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        raise ValueError(
+            f"{path}: unreadable ({cause.__class__.__name__}: {' '.join(str(cause).split())[:160]}); the file is "
+            "truncated or corrupt, write it again"
+        ) from exc
     if image.ndim == 4 and image.shape[-1] == 1:
         image = image[..., 0]
     if image.ndim not in (2, 3):
