@@ -50,6 +50,14 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: GPU when present)")
 
 
+def _add_class_arguments(p: argparse.ArgumentParser, patterns_output: str) -> None:
+    """--classes and --pattern-weights: infection (0/1) or infection patterns (GGO/consolidation)."""
+    p.add_argument("--classes", choices=["infection", "patterns"], default="infection",
+                   help=f"infection (default): the Inf-Net's infection map; patterns: {patterns_output}")
+    p.add_argument("--pattern-weights", metavar="MODEL.pt",
+                   help="multi-class UNet for --classes patterns (default: the shipped models/multiclass_model.pt)")
+
+
 def _segment(args: argparse.Namespace) -> int:
     from infnet_monai.segment import SegmentOptions, segment_volumes
 
@@ -71,6 +79,8 @@ def _segment(args: argparse.Namespace) -> int:
         series_uid=args.series,
         progress=not args.quiet,
         report=args.report,
+        classes=args.classes,
+        pattern_weights=args.pattern_weights,
     )
     failures = segment_volumes(args.inputs, opts)
     return 1 if failures else 0
@@ -105,6 +115,8 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--report", action="store_true",
                    help="also write <name>_burden.json, <name>_qc.png and a row of burden.csv")
+    _add_class_arguments(p, "a labelmap 0 background, 1 ground-glass opacity, 2 consolidation "
+                            "(<name>_patterns.nii.gz + <name>_patterns.json naming the labels)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_segment)
 def _predict_slices(args: argparse.Namespace) -> int:
@@ -112,9 +124,9 @@ def _predict_slices(args: argparse.Namespace) -> int:
 
     written = predict_slices(
         args.inputs, args.output_dir, weights=args.weights, image_size=args.image_size, device=args.device,
-        normalize=args.normalize, overwrite=args.overwrite,
+        normalize=args.normalize, overwrite=args.overwrite, classes=args.classes, pattern_weights=args.pattern_weights,
     )
-    print(f"{len(written)} probability maps written to {args.output_dir}")
+    print(f"{len(written)} maps written to {args.output_dir}")
     return 0
 
 
@@ -132,6 +144,8 @@ def _add_predict_slices(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--normalize", action="store_true",
                    help="min-max normalise each map as the authors' script does (default: probability x 255)")
     p.add_argument("--overwrite", action="store_true", help="replace existing maps")
+    _add_class_arguments(p, "GGO/<stem>.png and Consolidation/<stem>.png (class probability x 255) and "
+                            "labels/<stem>.png (class indices 0/1/2)")
     p.set_defaults(func=_predict_slices)
 
 
@@ -167,7 +181,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--tolerance", type=float, default=3.0, metavar="MM", help="NSD tolerance in mm (default 3)")
     p.add_argument(
-        "--labels", type=int, nargs="+", default=None, metavar="C", help="class values to score per class (volume)"
+        "--labels", type=int, nargs="+", default=None, metavar="C",
+        help="class values to score per class (volume: label maps; slices: class-index GT images and one map "
+             "folder per class under --pred, GGO/ and Consolidation/ for 1 and 2, as predict-slices --classes patterns writes)",
     )
     p.add_argument(
         "--resample-label",

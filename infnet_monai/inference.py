@@ -41,6 +41,7 @@ __all__ = [
     "default_device",
     "require_weights",
     "load_network",
+    "load_pattern_network",
     "COMPILE_MIN_SLICES",
     "compile_pays_off",
     "compile_choice",
@@ -119,6 +120,32 @@ def load_network(
     if compile is False or device.type != "cpu" or not optimize:
         return eager()
     return packaged_network(weights, eager, batch_size or default_batch_size(device), size, build=compile)
+
+
+def load_pattern_network(
+    weights: str | Path | None,
+    pattern_weights: str | Path | None = None,
+    device: str | torch.device | None = None,
+    size: int | None = None,
+) -> torch.nn.Module:
+    """The infection-pattern network (:class:`~infnet_monai.networks.patterns.InfectionPatternNetwork`)
+    in eval mode: the Inf-Net of ``weights`` (None: the shipped one, its prior) and the
+    multi-class UNet of ``pattern_weights`` (None: the shipped one), both optimised for
+    ``device``; never a compiled package."""
+    from infnet_monai.networks import InfNetUNet
+    from infnet_monai.networks.patterns import InfectionPatternNetwork
+    from infnet_monai.shipped import default_pattern_weights
+
+    pattern_weights = pattern_weights or default_pattern_weights()
+    if not pattern_weights or not Path(pattern_weights).is_file():
+        raise MissingWeightsError(
+            f"{pattern_weights or 'models/multiclass_model.pt'}: no multi-class weights; pass --pattern-weights "
+            "MODEL.pt (a bundle's models/multiclass_model.pt, trained by configs/train_multiclass_shipped.json)"
+        )
+    device = default_device(device)
+    infection = load_network(weights, device, compile=False, size=size)
+    unet = load_authors_checkpoint(InfNetUNet(), pattern_weights).eval()
+    return InfectionPatternNetwork(infection, optimize_for_inference(unet, device)).eval()
 
 
 # Slices over which building the compiled package pays for itself within one CPU run: on the
@@ -320,9 +347,20 @@ class VolumeResult:
     infected_ml: float
     input_slices: int = 0
 
-    def summary(self, name: str) -> str:
+    def summary(self, name: str, labels: dict | None = None) -> str:
+        """One line: slices, seconds, infected mL and, for a labelmap (``labels`` with more than
+        one class, value -> (name, ...)), the mL of each class."""
         inferred = f"{self.slices} of {self.input_slices}" if self.input_slices > self.slices else f"{self.slices}"
-        return f"{name}: {inferred} slices inferred, {self.seconds:.1f} s, infection {self.infected_ml:.1f} mL"
+        line = f"{name}: {inferred} slices inferred, {self.seconds:.1f} s, infection {self.infected_ml:.1f} mL"
+        if labels and len(labels) > 2:
+            mask = self.item["pred"]
+            voxel_ml = voxel_volume_ml(np.asarray(mask.affine))
+            values = mask.as_tensor() if isinstance(mask, MetaTensor) else torch.as_tensor(mask)
+            line += " (" + ", ".join(
+                f"{entry[0]} {int(torch.count_nonzero(values == value)) * voxel_ml:.1f} mL"
+                for value, entry in labels.items() if value > 0
+            ) + ")"
+        return line
 
 
 def infer_volume(

@@ -21,13 +21,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 from infnet_monai.data.semiseg import IMAGE_SUFFIXES
-from infnet_monai.inference import default_device, load_network, require_weights
+from infnet_monai.inference import default_device, load_network, load_pattern_network, require_weights
+from infnet_monai.labels import class_folder
 from infnet_monai.shipped import network_size
 from infnet_monai.transforms.train2d import slice_validation_transforms
 from infnet_monai.utils import atomic_output
 
 __all__ = [
-    "slice_images", "slice_probabilities", "probability_map", "probability_png", "predict_slices", "infection_priors"
+    "slice_images", "slice_probabilities", "probability_map", "probability_png", "predict_slices", "class_pngs", "infection_priors"
 ]
 
 
@@ -94,24 +95,48 @@ def predict_slices(
     device: str | None = None,
     normalize: bool = False,
     overwrite: bool = False,
+    classes: str = "infection",
+    pattern_weights: str | os.PathLike | None = None,
 ) -> list[Path]:
     """Write ``output_dir/<stem>.png`` for every slice image in ``inputs`` (folder or file).
 
     ``weights``: None runs the shipped model; ``image_size``: the network input size (None: the
-    model's own, 352 in the authors' script). Every input is checked before anything is
+    model's own, 352 in the authors' script). ``classes="patterns"``: the infection-pattern
+    network (Inf-Net prior + the multi-class UNet of ``pattern_weights``, None: the shipped one)
+    writes ``GGO/<stem>.png`` and ``Consolidation/<stem>.png`` (8-bit class probability x 255)
+    and ``labels/<stem>.png`` (class indices 0/1/2). Every input is checked before anything is
     written; existing maps are kept unless ``overwrite``. Returns the written paths.
     """
     files = slice_images(inputs)
     out = Path(output_dir)
-    targets = [out / f"{f.stem}.png" for f in files]
-    clash = [t for t in targets if t.exists() and not overwrite]
+    folders = [""] if classes == "infection" else [class_folder(1), class_folder(2), "labels"]
+    if classes not in ("infection", "patterns"):
+        raise ValueError(f"classes must be infection or patterns, got {classes!r}")
+    targets = [[out / folder / f"{f.stem}.png" for folder in folders] for f in files]
+    flat = [t for group in targets for t in group]
+    clash = [t for t in flat if t.exists() and not overwrite]
     if clash:
         raise FileExistsError(f"{clash[0]}: exists ({len(clash)} maps in all); pass --overwrite to replace them")
     inputs_resolved = {f.resolve() for f in files}
-    if any(t.resolve() in inputs_resolved for t in targets):
+    if any(t.resolve() in inputs_resolved for t in flat):
         raise ValueError(f"{out}: a map would overwrite an input image; choose another output folder")
-    _write_maps(files, targets, weights, image_size, device, normalize)
-    return targets
+    weights = require_weights(weights)
+    size = image_size or network_size(weights)
+    if classes == "infection":
+        network = load_network(weights, default_device(device), compile=False, size=size)
+        _write_maps(files, targets, network, size, device, lambda logits, shape: [probability_png(logits, shape, normalize)])
+    else:
+        network = load_pattern_network(weights, pattern_weights, default_device(device), size)
+        _write_maps(files, targets, network, size, device, class_pngs)
+    return flat
+
+
+def class_pngs(logits: torch.Tensor, shape: Sequence[int]) -> list[np.ndarray]:
+    """8-bit maps (H, W) of class logits (1, 3, h, w) at ``shape``: the GGO and consolidation
+    probabilities x 255 (softmax after a bilinear resize of the logits) and the class indices."""
+    prob = torch.softmax(F.interpolate(logits.float(), size=tuple(shape), mode="bilinear", align_corners=False), 1)[0]
+    maps = [(prob[c].clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy() for c in (1, 2)]
+    return maps + [prob.argmax(0).to(torch.uint8).cpu().numpy()]
 
 
 def infection_priors(
@@ -130,22 +155,21 @@ def infection_priors(
     weights = require_weights(weights)
     files = slice_images(images)
     folder = Path(cache_root) / file_digest(weights)[:12]
-    todo = [(f, folder / f"{f.stem}.png") for f in files if not (folder / f"{f.stem}.png").is_file()]
+    todo = [f for f in files if not (folder / f"{f.stem}.png").is_file()]
     if todo:
-        _write_maps([f for f, _ in todo], [t for _, t in todo], weights, image_size, device, normalize=False)
+        size = image_size or network_size(weights)
+        network = load_network(weights, default_device(device), compile=False, size=size)
+        _write_maps(todo, [[folder / f"{f.stem}.png"] for f in todo], network, size, device,
+                    lambda logits, shape: [probability_png(logits, shape)])
     return folder
 
 
-def _write_maps(
-    files: Sequence[Path], targets: Sequence[Path], weights, image_size: int | None, device: str | None, normalize: bool
-) -> None:
-    """The model in ``weights`` on ``files``; each map written atomically to its target."""
-    weights = require_weights(weights)
-    size = image_size or network_size(weights)
-    device = default_device(device)
-    network = load_network(weights, device, compile=False, size=size)
-    for (file, logits), target in zip(slice_probabilities(network, files, size, device), targets):
+def _write_maps(files: Sequence[Path], targets: Sequence[Sequence[Path]], network, size: int, device, to_pngs) -> None:
+    """``network`` on ``files``; ``to_pngs(logits, (H, W))`` gives each file's 8-bit maps, each
+    written atomically to its target."""
+    for (file, logits), paths in zip(slice_probabilities(network, files, size, default_device(device)), targets):
         with Image.open(file) as img:
             shape = (img.height, img.width)
-        with atomic_output(target, overwrite=True) as tmp:
-            Image.fromarray(probability_png(logits, shape, normalize)).save(tmp, format="PNG")
+        for path, array in zip(paths, to_pngs(logits, shape)):
+            with atomic_output(path, overwrite=True) as tmp:
+                Image.fromarray(array).save(tmp, format="PNG")

@@ -23,10 +23,12 @@ from infnet_monai.inference import (
     default_device,
     infer_volume,
     load_network,
+    load_pattern_network,
     mask_saver,
     require_weights,
     slice_inferer,
 )
+from infnet_monai.labels import labels_of, write_label_sidecar
 from infnet_monai.naming import case_name, check_output_names, output_file
 from infnet_monai.shipped import network_size
 from infnet_monai.transforms.chain import DEFAULT_WINDOW_HU, ct_postprocessing, ct_preprocessing
@@ -50,6 +52,10 @@ class SegmentOptions:
     ``compile`` (CPU, fp32): run the network from its compiled package, True building it when
     missing, False never; None: a package built before is used, and one is built when the run is
     long enough to pay back the build (:func:`~infnet_monai.inference.compile_choice`).
+    ``classes``: ``"infection"`` (mask 0/1, ``<name>_seg.nii.gz``) or ``"patterns"`` (labelmap
+    0 background, 1 ground-glass opacity, 2 consolidation, ``<name>_patterns.nii.gz`` with a
+    ``<name>_patterns.json`` naming the labels; the Inf-Net's prior through the multi-class UNet
+    of ``pattern_weights``, None: the shipped one; never compiled).
     """
 
     output_dir: Path
@@ -70,6 +76,8 @@ class SegmentOptions:
     series_uid: str | None = None
     progress: bool = True
     report: bool = False
+    classes: str = "infection"
+    pattern_weights: str | None = None
     results: list = field(default_factory=list)
 
 
@@ -83,9 +91,12 @@ def _write_report(path: Path, result, opts: SegmentOptions) -> None:
     ct = load_volume(path)
     to_ras = Orientation(axcodes="RAS", labels=RAS_LABELS)
     lung = result.item.get("lung")
+    patterns = opts.classes == "patterns"
+    case = case_name(path, opts.series_uid) + ("_patterns" if patterns else "")
     report_volumes(
-        ct, to_ras(result.item["pred"]), None if lung is None else to_ras(lung), case_name(path, opts.series_uid),
-        opts.output_dir, overwrite=True,
+        ct, to_ras(result.item["pred"]), None if lung is None else to_ras(lung), case, opts.output_dir,
+        csv_path=Path(opts.output_dir) / ("burden_patterns.csv" if patterns else "burden.csv"), overwrite=True,
+        classes=opts.classes,
     )
 
 
@@ -117,6 +128,11 @@ def output_path(input_path: Path, output_dir: Path, postfix: str = "seg", series
 
 
 def _output_postfixes(opts: SegmentOptions) -> list[str]:
+    """The run's output postfixes, the mask's first."""
+    if opts.classes == "patterns":
+        return ["patterns"] + (["patterns_prob"] if opts.save_prob else []) + (
+            ["patterns_burden", "patterns_qc"] if opts.report else []
+        )
     return ["seg"] + (["prob"] if opts.save_prob else []) + (["burden", "qc"] if opts.report else [])
 
 
@@ -160,13 +176,19 @@ def segment_volumes(inputs: Sequence[str], opts: SegmentOptions) -> int:
     )
     post = ct_postprocessing(
         pre, threshold=opts.threshold, prob_key="prob" if opts.save_prob else None,
-        restrict_to_lung=opts.restrict_to_lung,
+        restrict_to_lung=opts.restrict_to_lung, classes=opts.classes,
     )
     inferer = slice_inferer(opts.batch_size, opts.device, progress=opts.progress, precision=opts.precision, size=size)
-    save_mask = mask_saver(opts.output_dir, "seg", np.uint8)
-    save_prob = mask_saver(opts.output_dir, "prob", np.float32)
-    compile = compile_choice(todo, opts.device, opts.precision, requested=opts.compile)
-    network = load_network(weights, opts.device, compile=compile, batch_size=opts.batch_size, size=size)
+    postfixes = _output_postfixes(opts)
+    save_mask = mask_saver(opts.output_dir, postfixes[0], np.uint8)
+    save_prob = mask_saver(opts.output_dir, "patterns_prob" if opts.classes == "patterns" else "prob", np.float32)
+    if opts.classes == "patterns":
+        if opts.compile:
+            raise ValueError("--compile on: the infection-pattern network is not compiled; use --compile auto or off")
+        network = load_pattern_network(weights, opts.pattern_weights, opts.device, size)
+    else:
+        compile = compile_choice(todo, opts.device, opts.precision, requested=opts.compile)
+        network = load_network(weights, opts.device, compile=compile, batch_size=opts.batch_size, size=size)
     prefetch = default_device(opts.device).type == "cuda" if opts.prefetch is None else opts.prefetch
     volumes = prefetch_map(lambda p: pre({"image": str(p)}), todo, enabled=prefetch)
     for done, (path, item) in enumerate(
@@ -183,6 +205,8 @@ def segment_volumes(inputs: Sequence[str], opts: SegmentOptions) -> int:
             continue
         try:
             save_mask(result.item["pred"])
+            if opts.classes == "patterns":
+                write_label_sidecar(target, opts.classes)
             if opts.save_prob:
                 save_prob(result.item["prob"])
             if opts.report:
@@ -194,7 +218,7 @@ def segment_volumes(inputs: Sequence[str], opts: SegmentOptions) -> int:
                 print(f"error: {left} more volume(s) not segmented after the write error", file=sys.stderr)
             return failures + 1 + left
         opts.results.append((path, target, result))
-        print(result.summary(case_name(path, opts.series_uid)))
+        print(result.summary(case_name(path, opts.series_uid), labels_of(opts.classes)))
         lung = result.item.get("lung")
         if lung is not None and not bool((lung == 1).any() or (lung == 2).any()):
             print(

@@ -20,7 +20,9 @@ from infnet_monai.utils import atomic_output
 __all__ = [
     "BUNDLE_DIR",
     "AUTHORS_SIZE",
+    "PATTERN_WEIGHTS",
     "default_weights",
+    "default_pattern_weights",
     "bundle_of",
     "bundle_network_size",
     "network_size",
@@ -31,12 +33,20 @@ __all__ = [
 
 BUNDLE_DIR = Path(__file__).resolve().parents[1] / "bundles" / "covid19_lung_infection_ct_segmentation"
 AUTHORS_SIZE = 352  # the authors' training and test size (pixels)
+PATTERN_WEIGHTS = "multiclass_model.pt"  # the multi-class UNet's file in a bundle's models/
 
 
 def default_weights() -> Path | None:
     """The shipped model's weights file, or None when the bundle is not beside the package
     (a non-editable install)."""
     path = BUNDLE_DIR / "models" / "model.pt"
+    return path if path.is_file() else None
+
+
+def default_pattern_weights() -> Path | None:
+    """The shipped multi-class (infection patterns) UNet's weights file
+    (``models/multiclass_model.pt``, trained on priors of the shipped Inf-Net), or None."""
+    path = BUNDLE_DIR / "models" / PATTERN_WEIGHTS
     return path if path.is_file() else None
 
 

@@ -40,7 +40,7 @@ def test_maps_keep_each_image_size_and_are_8_bit(slices, weights, tmp_path, caps
             assert img.mode == "L" and (img.height, img.width) == size
             values = np.asarray(img)
         assert values.dtype == np.uint8 and 0 <= values.min() <= values.max() <= 255
-    assert "2 probability maps" in capsys.readouterr().out
+    assert "2 maps written" in capsys.readouterr().out
 
     normalised = tmp_path / "normalised"
     assert main(["predict-slices", str(slices / "a.jpg"), "-o", str(normalised), "--weights", str(weights),

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from monai.transforms import LoadImage
 
+from infnet_monai.labels import class_folder
 from infnet_monai.metrics.slices import (
     SLICE_EMPTY_POLICY,
     read_ground_truth,
@@ -218,11 +219,12 @@ def evaluate_volumes(
     }
 
 
-def evaluate_slices(pairs: Sequence[tuple[str, Path, Path]]) -> dict:
-    """Score slice-image pairs by the toolbox protocol; per-image rows average over thresholds."""
+def evaluate_slices(pairs: Sequence[tuple[str, Path, Path]], class_value: int | None = None) -> dict:
+    """Score slice-image pairs by the toolbox protocol; per-image rows average over thresholds.
+    ``class_value``: the labels are class-index images, scored against that class."""
     cases, scores = [], []
     for case, pred_file, label_file in pairs:
-        score = slice_scores(read_prediction_map(pred_file), read_ground_truth(label_file))
+        score = slice_scores(read_prediction_map(pred_file), read_ground_truth(label_file, class_value))
         scores.append(score)
         cases.append(
             {
@@ -268,6 +270,13 @@ def _output_format(path: str | os.PathLike) -> str:
 
 def _csv_rows(report: dict) -> tuple[list[str], list[dict]]:
     """Columns and rows for CSV: per-case rows, then summary rows whose ``case`` names the statistic."""
+    if "classes" in report:  # per-class slice reports: their rows with a class column
+        columns, rows = ["class"], []
+        for value, sub in report["classes"].items():
+            sub_columns, sub_rows = _csv_rows(sub)
+            columns += [c for c in sub_columns if c not in columns]
+            rows += [{"class": value, **row} for row in sub_rows]
+        return columns, rows
     columns = [k for k in report["cases"][0] if k not in ("pred_file", "label_file", "spacing_mm")]
     columns += ["pred_file", "label_file"]
     rows = [dict(row) for row in report["cases"]]
@@ -324,6 +333,11 @@ def _fmt(value) -> str:
 
 def format_report_table(report: dict) -> str:
     """Plain-text table: one line per case, then mean ± std and median per metric, and the policy."""
+    if "classes" in report:
+        return "\n".join(
+            f"class {value} ({class_folder(int(value))} maps)\n{format_report_table(sub)}"
+            for value, sub in report["classes"].items()
+        )
     if report["mode"] == "volume":
         keys = ["dice", "asd_mm", "hd95_mm", "nsd", "pred_ml", "label_ml"]
         head = ["case", "class", *keys, "empty"]
@@ -370,7 +384,10 @@ def evaluate_folders(
         pred, label: folders (or two single files) of predictions and labels.
         mode: ``"volume"`` (NIfTI, mm metrics) or ``"slices"`` (PNG/JPEG, toolbox protocol).
         tolerance_mm: NSD tolerance (volume mode).
-        labels: class values to score per class (volume mode); None = binary {0, 1} masks.
+        labels: class values to score per class; None = binary {0, 1} masks. Slices mode: the
+            labels are class-index images and the maps of class ``c`` are in
+            ``pred/<class_folder(c)>`` (``GGO``, ``Consolidation``: as ``predict-slices --classes
+            patterns`` writes them).
         resample_label: resample labels onto the prediction grid (nearest) when grids differ.
         output_file: ``.json`` or ``.csv`` report path; None writes nothing.
         overwrite: replace an existing ``output_file``.
@@ -379,13 +396,21 @@ def evaluate_folders(
         _output_format(output_file)
         if Path(output_file).exists() and not overwrite:
             raise FileExistsError(f"{output_file}: output exists; pass --overwrite to replace it")
-    if mode == "slices" and (labels is not None or resample_label):
-        raise ValueError("--labels and --resample-label apply to --mode volume only")
-    pairs = pair_files(pred, label, mode)
+    if mode == "slices" and resample_label:
+        raise ValueError("--resample-label applies to --mode volume only")
     if mode == "volume":
+        pairs = pair_files(pred, label, mode)
         report = evaluate_volumes(pairs, labels=labels, tolerance_mm=tolerance_mm, resample_label=resample_label)
-    else:
-        report = evaluate_slices(pairs)
+    elif labels is None:
+        report = evaluate_slices(pair_files(pred, label, mode))
+    else:  # one map folder per class (infnet-monai predict-slices --classes patterns), class-index labels
+        per_class = {
+            str(value): evaluate_slices(pair_files(Path(pred) / class_folder(value), label, mode), class_value=value)
+            for value in labels
+        }
+        first = next(iter(per_class.values()))
+        report = {"mode": "slices", "empty_mask_policy": first["empty_mask_policy"], "protocol": first["protocol"],
+                  "classes": per_class}
     report = {"pred": str(pred), "label": str(label), **report}
     if output_file is not None:
         write_report(report, output_file, overwrite=overwrite)

@@ -103,9 +103,14 @@ def _read_array(path: str | os.PathLike) -> np.ndarray:
         return np.asarray(img)
 
 
-def read_ground_truth(path: str | os.PathLike) -> np.ndarray:
-    """Binary GT (H, W) bool: ``rgb2gray`` for colour, then ``> 128`` (``main.m``)."""
+def read_ground_truth(path: str | os.PathLike, class_value: int | None = None) -> np.ndarray:
+    """Binary GT (H, W) bool: ``rgb2gray`` for colour, then ``> 128`` (``main.m``); with
+    ``class_value``, the pixels of that class in a class-index (palette or gray) image."""
     gt = _read_array(path)
+    if class_value is not None:
+        if gt.ndim != 2:
+            raise ValueError(f"{path}: per-class scoring needs a class-index image (palette or gray), got shape {gt.shape}")
+        return gt == class_value
     if gt.dtype == bool:
         return gt
     if gt.ndim == 3:

@@ -96,16 +96,21 @@ def _attached_sides(lung: np.ndarray, outside: np.ndarray, affine: np.ndarray, a
 
 
 def infection_burden(
-    lung: Any, infection: Any, affine: Any = None, case: str = "", attach_mm: float = 5.0
+    lung: Any, infection: Any, affine: Any = None, case: str = "", attach_mm: float = 5.0,
+    class_names: dict[int, str] | None = None,
 ) -> dict[str, Any]:
     """Burden report (JSON-ready dict) for lung labels and an infection mask, each (1, X, Y, Z).
 
     ``affine`` defaults to the infection mask's (else the lung mask's) MetaTensor affine.
+    ``class_names`` (label value -> name, e.g. 1 ground-glass opacity, 2 consolidation): the
+    mask is a labelmap; the report adds ``pattern_ml`` and ``pattern_percent`` per class, counted
+    as ``infection_ml["total"]`` is (in the lungs or attached to them), so they sum to it.
     """
     if affine is None:
         affine = getattr(infection, "affine", None)
     affine = affine_of(lung, affine)
-    lung_np, infection_np = _volume(lung), _volume(infection) > 0
+    labels_np = _volume(infection)
+    lung_np, infection_np = _volume(lung), labels_np > 0
     if lung_np.shape != infection_np.shape:
         raise ValueError(f"lung mask shape {lung_np.shape} differs from infection mask shape {infection_np.shape}")
     lung_np = _sided_lung(lung_np, affine)
@@ -133,6 +138,18 @@ def infection_burden(
     for key, index in (("first", slices[:1]), ("last", slices[-1:])):
         slice_range[f"{key}_index"] = int(index[0]) if index.size else None
         slice_range[f"{key}_z_mm"] = slice_z_mm(affine, lung_np.shape, int(index[0])) if index.size else None
+    patterns: dict[str, Any] = {}
+    if class_names:
+        counted = infection_np & ((lung_np > 0) | (attached > 0))
+        pattern_ml = {
+            name: int(np.count_nonzero(counted & (labels_np == value))) * voxel_ml for value, name in class_names.items()
+        }
+        patterns = {
+            "pattern_ml": pattern_ml,
+            "pattern_percent": {
+                name: 100.0 * ml / lung_ml["total"] if lung_ml["total"] > 0 else 0.0 for name, ml in pattern_ml.items()
+            },
+        }
     return {
         "case": case,
         "shape": list(lung_np.shape),
@@ -144,14 +161,15 @@ def infection_burden(
         "severity_score": severity,
         "severity_bands": SEVERITY_BANDS,
         "infection_slices": slice_range,
+        **patterns,
     }
 
 
 def report_row(report: dict[str, Any]) -> dict[str, Any]:
     """One flat CSV row (column -> value) of a burden report."""
     row: dict[str, Any] = {"case": report["case"]}
-    for group in ("lung_ml", "infection_ml", "percent_involved", "severity_score"):
-        for key, value in report[group].items():
+    for group in ("lung_ml", "infection_ml", "percent_involved", "severity_score", "pattern_ml", "pattern_percent"):
+        for key, value in report.get(group, {}).items():
             row[f"{group}_{key}"] = round(value, 3) if isinstance(value, float) else value
     for key in ("first_index", "last_index", "first_z_mm", "last_z_mm"):
         value = report["infection_slices"][key]

@@ -36,6 +36,7 @@ INFECTION_RGB = (255, 0, 0)
 RIGHT_LUNG_RGB = (0, 255, 0)
 LEFT_LUNG_RGB = (0, 128, 255)
 TEXT_RGB = (255, 255, 255)
+_COLOUR_NAMES = {(255, 200, 0): "yellow", (220, 30, 30): "red", (255, 0, 0): "red"}
 
 
 @dataclass
@@ -88,7 +89,10 @@ def burden_lines(report: dict[str, Any]) -> list[str]:
         f" (outside lung {inf['outside_lung']:.1f} mL)",
         f"involved R/L/total: {pct['right']:.2f} / {pct['left']:.2f} / {pct['total']:.2f} %"
         f"   CT severity R/L/total: {sev['right']} / {sev['left']} / {sev['total']} (of 4/4/8)",
-    ]
+    ] + (
+        ["patterns: " + ", ".join(f"{name} {ml:.1f} mL" for name, ml in report["pattern_ml"].items())]
+        if report.get("pattern_ml") else []
+    )
 
 
 def _font(size: int) -> ImageFont.ImageFont:
@@ -125,17 +129,24 @@ def qc_montage(
     tile_px: int = 256,
     window: tuple[float, float] = (1500.0, -600.0),
     alpha: float = 0.45,
+    class_colours: dict[int, tuple[str, tuple[int, int, int]]] | None = None,
 ) -> tuple[Image.Image, QCLayout]:
     """RGB montage of ``n_slices`` evenly spaced axial slices of a CT (1, X, Y, Z) in HU.
 
     Slices are picked among those with lung when ``lung`` (labels, 1 = right, 2 = left) is
-    given. ``infection`` (> 0) is blended in red with opacity ``alpha``. ``window`` = (width,
+    given. ``infection`` (> 0) is blended in red with opacity ``alpha``, or, with
+    ``class_colours`` (label value -> (name, RGB)), each label value in its colour. ``window`` = (width,
     level) in HU. Tiles keep the physical aspect ratio, longest side ``tile_px``. The header
     holds ``title`` and ``lines``. Returns the image and its layout.
     """
     affine = affine_of(image, affine)
     ct = _volume(image).astype(np.float32)
-    inf = _volume(infection) > 0 if infection is not None else None
+    inf = _volume(infection).astype(np.uint8) if infection is not None else None
+    colours = {v: np.asarray(rgb, np.float32) for v, (_, rgb) in (class_colours or {}).items() if v > 0}
+    legend = (
+        ", ".join(f"{_COLOUR_NAMES.get(tuple(rgb), str(tuple(rgb)))} = {name}" for v, (name, rgb) in class_colours.items() if v > 0)
+        if class_colours else "red = infection"
+    )
     lab = _volume(lung).astype(np.uint8) if lung is not None else None
     axis = axial_axis(affine)
     candidates = np.arange(ct.shape[axis])
@@ -148,7 +159,7 @@ def qc_montage(
     font_size = max(10, tile_px // 18)
     font = _font(font_size)
     header_lines = [title, *lines, "radiological view: patient's right on the left, anterior up; "
-                    "red = infection, green/blue outline = right/left lung"]
+                    f"{legend}, green/blue outline = right/left lung"]
     line_px = font_size + 4
     header_px = 8 + line_px * len(header_lines)
     view0, pixel_mm = radiological_slice(ct, affine, picks[0])
@@ -164,8 +175,11 @@ def qc_montage(
         gray = Image.fromarray(_window(radiological_slice(ct, affine, k)[0], window)).resize(size, Image.BILINEAR)
         rgb = np.repeat(np.asarray(gray, dtype=np.float32)[..., None], 3, axis=-1)
         if inf is not None:
-            red = _resize_mask(radiological_slice(inf, affine, k)[0], size) > 0
-            rgb[red] = (1 - alpha) * rgb[red] + alpha * np.asarray(INFECTION_RGB, dtype=np.float32)
+            view = _resize_mask(radiological_slice(inf, affine, k)[0], size)
+            for selected, colour in (
+                ((view == v, c) for v, c in colours.items()) if colours else [(view > 0, np.asarray(INFECTION_RGB, np.float32))]
+            ):
+                rgb[selected] = (1 - alpha) * rgb[selected] + alpha * colour
         if lab is not None:
             labels = _resize_mask(radiological_slice(lab, affine, k)[0], size)
             for value, colour in ((1, RIGHT_LUNG_RGB), (2, LEFT_LUNG_RGB)):

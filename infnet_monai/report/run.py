@@ -68,17 +68,24 @@ def report_volumes(
     csv_path: str | os.PathLike | None = None,
     overwrite: bool = False,
     qc_slices: int = 12,
+    classes: str = "infection",
 ) -> dict[str, Any]:
     """:func:`make_report` on loaded volumes ``(1, X, Y, Z)`` sharing one grid (lung computed
-    from the CT's HU when ``lung`` is None)."""
+    from the CT's HU when ``lung`` is None). ``classes="patterns"``: ``infection`` is a labelmap
+    (:data:`~infnet_monai.labels.PATTERN_LABELS`), reported and drawn per class."""
+    from infnet_monai.labels import labels_of
+
+    table = {value: entry for value, entry in labels_of(classes).items() if value > 0}
+    names = {value: name for value, (name, _, _) in table.items()} if classes == "patterns" else None
+    colours = {value: (name, rgb) for value, (name, _, rgb) in table.items()} if classes == "patterns" else None
     out_dir = Path(out_dir)
     json_path, png_path = out_dir / f"{case}_burden.json", out_dir / f"{case}_qc.png"
     csv_path = Path(csv_path) if csv_path is not None else out_dir / "burden.csv"
     if lung is None:
         lung = LungMask()(ct)
-    report = infection_burden(lung, infection, affine=affine_of(ct), case=case)
+    report = infection_burden(lung, infection, affine=affine_of(ct), case=case, class_names=names)
     write_report_json(report, json_path, overwrite=overwrite)
     write_qc_png(png_path, ct, infection, lung, title=f"case {case}", lines=burden_lines(report),
-                 n_slices=qc_slices, overwrite=overwrite)
+                 n_slices=qc_slices, overwrite=overwrite, class_colours=colours)
     update_report_csv(report, csv_path)
     return {**report, "outputs": {"json": str(json_path), "png": str(png_path), "csv": str(csv_path)}}

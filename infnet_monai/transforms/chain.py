@@ -58,6 +58,7 @@ __all__ = [
     "IMAGENET_STD",
     "DEFAULT_WINDOW_HU",
     "LUNG_DILATION_MM",
+    "CLASS_CHOICES",
     "SLICE_AXCODES",
     "network_input_transforms",
     "network_input_batch",
@@ -71,6 +72,8 @@ DEFAULT_WINDOW_HU = (-1250.0, 250.0)
 # Infection outside the lung mask dilated by this much is dropped (mm); slices farther than this
 # from every lung slice are therefore not inferred.
 LUNG_DILATION_MM = 5.0
+# what a volume's mask holds: infection (0/1) or infection patterns (0/1 GGO/2 consolidation)
+CLASS_CHOICES = ("infection", "patterns")
 # Orientation of the network's array axes: (row → Posterior, column → patient Left, slice →
 # Superior), i.e. every axial slice is the image as radiologists display it.
 SLICE_AXCODES = "PLS"
@@ -202,16 +205,24 @@ def ct_postprocessing(
     restrict_to_lung: bool = True,
     lung_key: str = "lung",
     lung_dilation_mm: float = LUNG_DILATION_MM,
+    classes: str = "infection",
 ) -> Compose:
-    """Network logits ``(1, S, S, Z)`` → uint8 mask ``(1, X, Y, Z)`` on the input grid.
+    """Network logits ``(C, S, S, Z)`` → uint8 mask ``(1, X, Y, Z)`` on the input grid.
 
-    ``prob_key``: also keep the probability map (float32, input grid) under that key.
-    ``restrict_to_lung``: intersect with the lung mask dilated by ``lung_dilation_mm`` (needs the
-    preprocessing's ``keep_lung_mask``).
+    ``classes``: ``"infection"`` (one logit channel: sigmoid, threshold → 0/1) or
+    ``"patterns"`` (three class logits of :class:`~infnet_monai.networks.patterns.InfectionPatternNetwork`:
+    softmax, probabilities taken back to the input grid, argmax → 0 background, 1 ground-glass
+    opacity, 2 consolidation; ``threshold`` unused).
+    ``prob_key``: also keep the probability map(s) (float32, input grid) under that key.
+    ``restrict_to_lung``: set to 0 what lies outside the lung mask dilated by ``lung_dilation_mm``
+    (needs the preprocessing's ``keep_lung_mask``).
     """
+    if classes not in CLASS_CHOICES:
+        raise ValueError(f"classes must be one of {', '.join(CLASS_CHOICES)}, got {classes!r}")
+    patterns = classes == "patterns"
     inverted = [pred_key] + ([lung_key] if restrict_to_lung else [])
     xforms: list = [
-        Activationsd(keys=pred_key, sigmoid=True),
+        Activationsd(keys=pred_key, softmax=patterns, sigmoid=not patterns),
         Invertd(
             keys=inverted, transform=preprocessing, orig_keys=image_key,
             nearest_interp=[False] + [True] * (len(inverted) - 1), to_tensor=True,
@@ -221,7 +232,10 @@ def ct_postprocessing(
         xforms.append(CastToTyped(keys=lung_key, dtype=torch.uint8))
     if prob_key:
         xforms.append(CopyItemsd(keys=pred_key, names=prob_key))
-    xforms.append(AsDiscreted(keys=pred_key, threshold=threshold, dtype=torch.uint8))
+    if patterns:
+        xforms.append(AsDiscreted(keys=pred_key, argmax=True, dtype=torch.uint8))
+    else:
+        xforms.append(AsDiscreted(keys=pred_key, threshold=threshold, dtype=torch.uint8))
     if restrict_to_lung:
         xforms.append(RestrictToLungd(keys=pred_key, lung_key=lung_key, dilation_mm=lung_dilation_mm))
     return Compose(xforms)

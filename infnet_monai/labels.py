@@ -1,0 +1,54 @@
+"""What the values of a mask mean: infection (0/1) or infection patterns (0/1/2), with names,
+SNOMED CT codes and display colours, and the sidecar JSON that names them for a viewer."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from infnet_monai.utils import atomic_output
+
+__all__ = ["INFECTION_LABELS", "PATTERN_LABELS", "PATTERN_FOLDERS", "class_folder", "labels_of", "write_label_sidecar"]
+
+# value -> (name, SNOMED CT concept id or None, display colour RGB)
+INFECTION_LABELS = {
+    0: ("background", None, (0, 0, 0)),
+    1: ("infection", "128601007", (255, 0, 0)),  # SNOMED CT: infectious disease of lung
+}
+PATTERN_LABELS = {
+    0: ("background", None, (0, 0, 0)),
+    1: ("ground-glass opacity", "50960005", (255, 200, 0)),
+    2: ("consolidation", "3128005", (220, 30, 30)),
+}
+
+# the folder of each class's slice maps (``infnet-monai predict-slices --classes patterns``)
+PATTERN_FOLDERS = {1: "GGO", 2: "Consolidation"}
+
+
+def class_folder(value: int) -> str:
+    """Folder name of class ``value``'s slice maps: ``GGO``, ``Consolidation``, else ``class_<value>``."""
+    return PATTERN_FOLDERS.get(int(value), f"class_{int(value)}")
+
+
+def labels_of(classes: str) -> dict[int, tuple[str, str | None, tuple[int, int, int]]]:
+    """The label table of ``classes`` (``"infection"`` or ``"patterns"``)."""
+    tables = {"infection": INFECTION_LABELS, "patterns": PATTERN_LABELS}
+    if classes not in tables:
+        raise ValueError(f"classes must be one of {', '.join(tables)}, got {classes!r}")
+    return tables[classes]
+
+
+def write_label_sidecar(mask_path: str | os.PathLike, classes: str, overwrite: bool = True) -> Path:
+    """``<mask without .nii.gz>.json`` beside the mask: ``{"labels": [{"value", "name",
+    "snomed_ct", "color"}, ...]}`` (atomic). Returns its path."""
+    mask_path = Path(mask_path)
+    stem = mask_path.name[: -len(".nii.gz")] if mask_path.name.endswith(".nii.gz") else mask_path.stem
+    path = mask_path.with_name(f"{stem}.json")
+    table = [
+        {"value": value, "name": name, "snomed_ct": code, "color": list(colour)}
+        for value, (name, code, colour) in labels_of(classes).items()
+    ]
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        tmp.write_text(json.dumps({"mask": mask_path.name, "labels": table}, indent=2) + "\n", encoding="utf-8")
+    return path
