@@ -3,7 +3,7 @@
 A volume's *case name* is its file or folder name whole (dots, spaces and non-ASCII characters
 kept: TCIA series folders such as ``2.000000-5mm-40805`` hold dots), less a volume suffix
 (``.nii.gz``, ``.nii``, ``.dcm``, ``.mha``, ``.mhd``, ``.nrrd``), plus
-``_series-<SeriesInstanceUID>`` when a series was chosen in a folder. Its outputs are ``<output_dir>/<case name>_<postfix><ext>``. MONAI's default
+``_series-<SeriesInstanceUID>`` when a series was chosen in a folder (not for a file). Its outputs are ``<output_dir>/<case name>_<postfix><ext>``. MONAI's default
 ``FolderLayout`` cuts a name at its first dot, so the writers use :class:`CaseFolderLayout` and
 :func:`case_name_formatter` (the case name the reader put in the image's meta).
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Sequence
 
 from monai.data import FolderLayoutBase
 from monai.utils import ImageMetaKey
@@ -33,7 +33,11 @@ _STRIPPED = (".nii.gz", ".nii", ".dcm", ".mha", ".mhd", ".nrrd")
 
 
 def case_name(path: str | os.PathLike, series_uid: str | None = None) -> str:
-    """The case name of the volume at ``path`` (see the module docstring)."""
+    """The case name of the volume at ``path`` (see the module docstring); ``series_uid`` names
+    the series chosen in a folder and is ignored for a file (a NIfTI or multi-frame DICOM holds
+    one volume)."""
+    if series_uid and not Path(path).is_dir():
+        series_uid = None
     name = Path(path).name
     for suffix in _STRIPPED:
         if name.lower().endswith(suffix) and len(name) > len(suffix):
@@ -73,18 +77,15 @@ class OutputClash(ValueError):
     """Two inputs would write one output file, or an output would replace an input."""
 
 
-def check_output_names(
-    inputs: Sequence[Path], output_dir: str | os.PathLike, postfixes: Iterable[str], series_uid: str | None = None
-) -> dict[Path, Path]:
-    """The mask file of every input (``postfixes[0]``), after checking all outputs of all inputs
-    (one per postfix) before any work: raises :class:`OutputClash` naming both paths when two
-    inputs share an output or an output is one of the inputs (or a file inside an input folder)."""
-    postfixes = list(postfixes)
+def check_output_names(inputs: Sequence[Path], outputs_of: Callable[[Path], list[Path]]) -> dict[Path, list[Path]]:
+    """Every input's output files (``outputs_of(input)``, the mask first), after checking all of
+    them before any work: raises :class:`OutputClash` naming both paths when two inputs share an
+    output or an output is one of the inputs (or a file inside an input folder)."""
+    outputs = {path: [Path(o) for o in outputs_of(path)] for path in inputs}
     owners: dict[Path, list[Path]] = defaultdict(list)
-    for path in inputs:
-        case = case_name(path, series_uid)
-        for postfix in postfixes:
-            owners[output_file(case, output_dir, postfix).resolve()].append(path)
+    for path, files in outputs.items():
+        for file in files:
+            owners[file.resolve()].append(path)
     for target, sources in owners.items():
         if len(sources) > 1:
             raise OutputClash(
@@ -99,4 +100,4 @@ def check_output_names(
                     f"{target}: this output would replace or enter the input {resolved[candidate]}; "
                     "choose an output folder outside the inputs"
                 )
-    return {path: output_file(case_name(path, series_uid), output_dir, postfixes[0]) for path in inputs}
+    return outputs

@@ -9,6 +9,7 @@ next volume is read and preprocessed in a background thread while the current on
 
 from __future__ import annotations
 
+import errno
 import re
 import sys
 from dataclasses import dataclass, field
@@ -116,9 +117,22 @@ def _root_cause(exc: BaseException, path: Path) -> str:
 def _write_error(exc: BaseException, target: Path) -> str:
     """One line for an output that could not be written. MONAI's ``SaveImage`` folds the
     writer's error into a multi-line message; its last ``...Error: ...`` line is the cause."""
-    causes = [line.strip() for line in str(exc).splitlines() if re.match(r"\s*\w+(Error|Exception): ", line)]
-    cause = causes[-1] if causes else f"{exc.__class__.__name__}: {' '.join(str(exc).split())}"
-    return f"{target}: cannot write the output ({cause}); free disk space or choose a writable -o"
+    text = str(exc) if not isinstance(exc, OSError) else f"{exc.__class__.__name__}: [Errno {exc.errno}] {exc.strerror}"
+    causes = [line.strip() for line in text.splitlines() if re.match(r"\s*\w+(Error|Exception): ", line)]
+    cause = causes[-1] if causes else f"{exc.__class__.__name__}: {' '.join(text.split())}"
+    errno_match = re.search(r"\[Errno (\d+)\] ([^:']+)", cause)
+    if errno_match:  # the reason without the temporary file's name
+        number, reason = int(errno_match[1]), errno_match[2].strip()
+        fix = {
+            errno.ENOSPC: "free disk space or choose another -o",
+            errno.EDQUOT: "free space in your quota or choose another -o",
+            errno.EROFS: "choose a writable -o",
+            errno.EACCES: "choose a writable -o",
+            errno.EPERM: "choose a writable -o",
+            errno.EISDIR: "remove that folder or choose another -o",
+        }.get(number, "check the output folder")
+        return f"{target}: cannot write the output ({reason}); {fix}"
+    return f"{target}: cannot write the output ({cause}); check the output folder"
 
 
 def output_path(input_path: Path, output_dir: Path, postfix: str = "seg", series_uid: str | None = None) -> Path:
@@ -127,13 +141,32 @@ def output_path(input_path: Path, output_dir: Path, postfix: str = "seg", series
     return output_file(case_name(input_path, series_uid), output_dir, postfix)
 
 
-def _output_postfixes(opts: SegmentOptions) -> list[str]:
-    """The run's output postfixes, the mask's first."""
+def _outputs(path: Path, opts: SegmentOptions) -> list[Path]:
+    """Every file a volume's run writes, the mask first (:mod:`infnet_monai.naming`)."""
+    case = case_name(path, opts.series_uid) + ("_patterns" if opts.classes == "patterns" else "")
+    names = [f"{case}.nii.gz" if opts.classes == "patterns" else f"{case}_seg.nii.gz"]
     if opts.classes == "patterns":
-        return ["patterns"] + (["patterns_prob"] if opts.save_prob else []) + (
-            ["patterns_burden", "patterns_qc"] if opts.report else []
-        )
-    return ["seg"] + (["prob"] if opts.save_prob else []) + (["burden", "qc"] if opts.report else [])
+        names.append(f"{case}.json")  # the label names
+    if opts.save_prob:
+        names.append(f"{case}_prob.nii.gz")
+    if opts.report:
+        names += [f"{case}_burden.json", f"{case}_qc.png"]
+    return [Path(opts.output_dir) / name for name in names]
+
+
+def _done_or_blocked(outputs: list[Path], overwrite: bool) -> str | None:
+    """Why a volume is not run (a line for stderr), or None to run it: all its outputs exist
+    (kept), some exist and others not (redo it with --overwrite), or one is not a file."""
+    existing = [o for o in outputs if o.exists() or o.is_symlink()]
+    blocked = [o for o in existing if not o.is_file()]
+    if blocked:
+        return f"error: {blocked[0]}: exists and is not a file; remove it or choose another -o"
+    if not existing or overwrite:
+        return None
+    if len(existing) == len(outputs):
+        return f"{outputs[0]}: exists, kept; pass --overwrite to replace it"
+    missing = next(o for o in outputs if o not in existing)
+    return f"error: {existing[0]}: exists but {missing.name} does not; pass --overwrite to redo the volume"
 
 
 def _expected_output_bytes(paths: Sequence[Path], opts: SegmentOptions) -> int:
@@ -158,17 +191,30 @@ def segment_volumes(inputs: Sequence[str], opts: SegmentOptions) -> int:
         print(f"skipped: {reason}", file=sys.stderr)
     if not paths:
         raise CTInputError(f"{', '.join(map(str, inputs))}: no CT volume among the matches; see the lines above")
-    targets = check_output_names(paths, opts.output_dir, _output_postfixes(opts), opts.series_uid)
+    outputs = check_output_names(paths, lambda p: _outputs(p, opts))
+    targets = {path: files[0] for path, files in outputs.items()}
     weights = require_weights(opts.weights)
     failures = len(skipped)
     todo = []
     for path in paths:
-        target = targets[path]
-        if target.exists() and not opts.overwrite:
-            print(f"{target}: exists, kept; pass --overwrite to replace it", file=sys.stderr)
-        else:
+        reason = _done_or_blocked(outputs[path], opts.overwrite)
+        if reason is None:
             todo.append(path)
+        else:
+            print(reason, file=sys.stderr)
+            failures += reason.startswith("error")
+    created = not Path(opts.output_dir).exists()
     prepare_output_dir(opts.output_dir, _expected_output_bytes(todo, opts))
+    try:
+        return failures + _segment_todo(todo, targets, weights, opts)
+    finally:
+        if created and Path(opts.output_dir).is_dir() and not any(Path(opts.output_dir).iterdir()):
+            Path(opts.output_dir).rmdir()  # nothing written: leave no empty folder behind
+
+
+def _segment_todo(todo: list[Path], targets: dict[Path, Path], weights: Path, opts: SegmentOptions) -> int:
+    """Run the volumes of ``todo`` and write their outputs; returns how many failed."""
+    failures = 0
     size = opts.image_size or network_size(weights)
     pre = ct_preprocessing(
         spatial_size=size, window=opts.window, lung_crop=opts.lung_crop, slice_crop=opts.slice_crop, series_uid=opts.series_uid,
@@ -179,8 +225,7 @@ def segment_volumes(inputs: Sequence[str], opts: SegmentOptions) -> int:
         restrict_to_lung=opts.restrict_to_lung, classes=opts.classes,
     )
     inferer = slice_inferer(opts.batch_size, opts.device, progress=opts.progress, precision=opts.precision, size=size)
-    postfixes = _output_postfixes(opts)
-    save_mask = mask_saver(opts.output_dir, postfixes[0], np.uint8)
+    save_mask = mask_saver(opts.output_dir, "patterns" if opts.classes == "patterns" else "seg", np.uint8)
     save_prob = mask_saver(opts.output_dir, "patterns_prob" if opts.classes == "patterns" else "prob", np.float32)
     if opts.classes == "patterns":
         if opts.compile:
@@ -203,6 +248,15 @@ def segment_volumes(inputs: Sequence[str], opts: SegmentOptions) -> int:
             print(f"error: {_root_cause(exc, path)}", file=sys.stderr)
             failures += 1
             continue
+        lung = result.item.get("lung")
+        if lung is not None and not bool((lung == 1).any() or (lung == 2).any()):
+            print(
+                f"warning: {path}: no lung found (no air-filled lung tissue below -320 HU), so nothing was written; "
+                "check that the input is a chest CT in HU that covers the lungs",
+                file=sys.stderr,
+            )
+            failures += 1
+            continue
         try:
             save_mask(result.item["pred"])
             if opts.classes == "patterns":
@@ -219,12 +273,4 @@ def segment_volumes(inputs: Sequence[str], opts: SegmentOptions) -> int:
             return failures + 1 + left
         opts.results.append((path, target, result))
         print(result.summary(case_name(path, opts.series_uid), labels_of(opts.classes)))
-        lung = result.item.get("lung")
-        if lung is not None and not bool((lung == 1).any() or (lung == 2).any()):
-            print(
-                f"warning: {path}: no lung found (no air-filled lung tissue below -320 HU), so the mask is empty; "
-                "check that the input is a chest CT in HU that covers the lungs",
-                file=sys.stderr,
-            )
-            failures += 1
     return failures

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import locale
 from pathlib import Path
 
 import nibabel as nib
@@ -96,18 +97,28 @@ def write_ct_series(
         path = folder / f"slice_{n - k:03d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         if codec in SITK_COMPRESSOR:  # transcode with GDCM, keeping every tag
-            src = sitk.ReadImage(str(path))
-            image = sitk.Cast(src, sitk.sitkInt16)
-            for key in src.GetMetaDataKeys():
-                image.SetMetaData(key, src.GetMetaData(key))
-            writer = sitk.ImageFileWriter()
-            writer.KeepOriginalImageUIDOn()
-            writer.SetUseCompression(True)
-            writer.SetCompressor(SITK_COMPRESSOR[codec])
-            writer.SetFileName(str(path))
-            writer.Execute(image)
+            _transcode(path, codec)
         paths.append(path)
     return paths
+
+
+def _transcode(path: Path, codec: str) -> None:
+    """Rewrite the DICOM file ``path`` compressed with ``codec`` by GDCM. GDCM's JPEG-2000 writer
+    sets the process locale to "C" (ASCII text I/O for everything after it); it is put back."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        src = sitk.ReadImage(str(path))
+        image = sitk.Cast(src, sitk.sitkInt16)
+        for key in src.GetMetaDataKeys():
+            image.SetMetaData(key, src.GetMetaData(key))
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        writer.SetUseCompression(True)
+        writer.SetCompressor(SITK_COMPRESSOR[codec])
+        writer.SetFileName(str(path))
+        writer.Execute(image)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
 
 
 def affine_from_dicom_tags(folder: Path) -> np.ndarray:

@@ -163,3 +163,20 @@ def test_geometry_mismatch_raises_and_resampling_restores_the_mask():
     # the same grid passes through untouched, within the affine tolerance
     nudged = _meta(pred, (1.0, 1.0, 2.0 + 5e-5))
     assert match_label_grid(pred_img, nudged) is nudged
+
+
+def test_grid_message_names_what_differs_and_resampling_never_drops_label():
+    pred = _meta(np.zeros((16, 16, 10), np.float32), (1.0, 1.0, 2.0))
+    label = np.zeros((16, 16, 12), np.float32)
+    label[4:12, 4:12, 8:12] = 1  # half of it on the two slices the prediction does not cover
+    label_img = _meta(label, (1.0, 1.0, 2.0))
+    with pytest.raises(ValueError) as err:
+        match_label_grid(pred, label_img, pred_name="p.nii.gz", label_name="l.nii.gz")
+    message = str(err.value)
+    assert "(shape (16, 16, 10) vs (16, 16, 12));" in message and "affine" not in message
+    assert "resample_label=True" not in message and message.endswith("by nearest neighbour")
+    with pytest.raises(ValueError, match=r"l\.nii\.gz: 50\.0 % of its labelled volume lies outside the grid of p\.nii\.gz"):
+        match_label_grid(pred, label_img, resample_label=True, pred_name="p.nii.gz", label_name="l.nii.gz")
+    shifted = _meta(np.zeros((16, 16, 10), np.float32), (1.0, 1.0, 2.0), origin=(0.0, 0.0, 0.3))
+    with pytest.raises(ValueError, match=r"\(affines differ by up to 0\.3 mm\)"):
+        match_label_grid(pred, shifted)

@@ -20,7 +20,7 @@ import infnet_monai.networks.packaged as packaged
 import infnet_monai.utils.atomic as atomic
 from infnet_monai.cli import main
 from infnet_monai.inference import mask_saver
-from infnet_monai.naming import CASE_NAME_KEY, OutputClash, case_name, check_output_names
+from infnet_monai.naming import CASE_NAME_KEY, OutputClash, case_name, check_output_names, output_file
 from infnet_monai.transforms.io import CTInputError, CTReader, expand_inputs
 from infnet_monai.utils import OutputDirError, atomic_output, prepare_output_dir, remove_stale_temporaries
 
@@ -47,12 +47,14 @@ def _files(folder) -> list[str]:
 # ------------------------------------------------------------------------------------------------
 # one naming rule
 # ------------------------------------------------------------------------------------------------
-def test_case_names_keep_the_whole_name():
+def test_case_names_keep_the_whole_name(tmp_path):
     for name in TCIA_NAMES:
         assert case_name(f"/data/p1/study/{name}") == name
         assert case_name(f"/data/{name}.nii.gz") == name
     assert case_name("scan.v2.nii") == "scan.v2" and case_name("frames.dcm") == "frames"
-    assert case_name("/x/2.000000-5mm-40805", series_uid="1.2.3") == "2.000000-5mm-40805_series-1.2.3"
+    (tmp_path / "2.000000-5mm-40805").mkdir()
+    assert case_name(tmp_path / "2.000000-5mm-40805", series_uid="1.2.3") == "2.000000-5mm-40805_series-1.2.3"
+    assert case_name(tmp_path / "scan.nii.gz", series_uid="1.2.3") == "scan"  # a file holds one series
 
 
 def test_saver_writes_the_name_the_check_uses(tmp_path):
@@ -75,19 +77,30 @@ def test_reader_names_the_case_with_the_chosen_series(tmp_path):
     assert meta[CASE_NAME_KEY] == "2.000000-5mm-40805_series-1.2.826.0.1.3680043.8.498.7"
 
 
+def _masks(*postfixes):
+    """``outputs_of`` for :func:`check_output_names`: ``<case>_<postfix>.nii.gz`` in ``o``."""
+    return lambda out: lambda path: [output_file(case_name(path), out, p) for p in postfixes]
+
+
 def test_clashing_outputs_are_refused_naming_both(tmp_path):
     a, b = tmp_path / "p1" / "CT.nii.gz", tmp_path / "p2" / "CT.nii.gz"
     with pytest.raises(OutputClash, match=f"{a} and {b} would both be written to {tmp_path / 'o' / 'CT_seg.nii.gz'}"):
-        check_output_names([a, b], tmp_path / "o", ["seg"])
+        check_output_names([a, b], _masks("seg")(tmp_path / "o"))
     with pytest.raises(OutputClash, match="CT_prob.nii.gz"):  # every output is checked, not only the mask
-        check_output_names([a, b], tmp_path / "o", ["prob", "seg"])
+        check_output_names([a, b], _masks("prob", "seg")(tmp_path / "o"))
     with pytest.raises(OutputClash, match="would replace or enter the input"):  # an earlier mask matched by a glob
-        check_output_names([tmp_path / "a.nii.gz", tmp_path / "a_seg.nii.gz"], tmp_path, ["seg"])
+        check_output_names([tmp_path / "a.nii.gz", tmp_path / "a_seg.nii.gz"], _masks("seg")(tmp_path))
     (tmp_path / "series").mkdir()
     with pytest.raises(OutputClash, match="choose an output folder outside the inputs"):
-        check_output_names([tmp_path / "series"], tmp_path / "series", ["seg"])
-    names = check_output_names([a, tmp_path / "p2" / "CT.v2.nii.gz"], tmp_path / "o", ["seg", "prob"])
-    assert [p.name for p in names.values()] == ["CT_seg.nii.gz", "CT.v2_seg.nii.gz"]
+        check_output_names([tmp_path / "series"], _masks("seg")(tmp_path / "series"))
+    names = check_output_names([a, tmp_path / "p2" / "CT.v2.nii.gz"], _masks("seg", "prob")(tmp_path / "o"))
+    assert [[p.name for p in files] for files in names.values()] == [
+        ["CT_seg.nii.gz", "CT_prob.nii.gz"], ["CT.v2_seg.nii.gz", "CT.v2_prob.nii.gz"]
+    ]
+    # one volume written three ways is one input, named as first written
+    write_ct_series(tmp_path / "s.1", synthetic_hu())
+    ways = [str(tmp_path / "s.1"), f"{tmp_path}/series/../s.1/", str(tmp_path / "s.1") + "/"]
+    assert expand_inputs(ways) == [tmp_path / "s.1"]
 
 
 def test_cli_refuses_a_clash_before_writing_anything(weights, tmp_path, capsys):  # noqa: F811
@@ -157,16 +170,17 @@ def test_output_folder_checked_before_any_work(tmp_path, monkeypatch):
 def test_temporaries_of_killed_runs_are_removed(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)
-    stale = tmp_path / f".a_seg.nii.gz.{atomic._HOST}.{dead_pid}.k2j3.tmp.nii.gz"
-    live = tmp_path / f".b_seg.nii.gz.{atomic._HOST}.{os.getpid()}.x9y8.tmp.nii.gz"
-    other_host = tmp_path / f".c_seg.nii.gz.otherhost.{dead_pid}.abcd.tmp.nii.gz"
+    stale = tmp_path / f".a_seg.nii.gz.{atomic._HOST}.{dead_pid}.k2j3_x9z.infnet-tmp.nii.gz"
+    live = tmp_path / f".b_seg.nii.gz.{atomic._HOST}.{os.getpid()}.x9y8abcd.infnet-tmp.nii.gz"
+    other_host = tmp_path / f".c_seg.nii.gz.otherhost.{dead_pid}.abcd1234.infnet-tmp.nii.gz"
     unrelated = tmp_path / ".hidden.tmp"
-    for path in (stale, live, other_host, unrelated):
+    users = tmp_path / f".notes.{atomic._HOST}.20240101.v2.tmp"  # a user's file that only looks alike
+    for path in (stale, live, other_host, unrelated, users):
         path.write_bytes(b"partial")
     assert remove_stale_temporaries(tmp_path) == [stale]
-    assert _files(tmp_path) == sorted(p.name for p in (live, other_host, unrelated))
+    assert _files(tmp_path) == sorted(p.name for p in (live, other_host, unrelated, users))
     with atomic_output(tmp_path / "2.000000-5mm-40805_seg.nii.gz") as tmp:  # its own temporary has the pattern
-        assert atomic._TEMPORARY.match(tmp.name) and tmp.name.endswith(".tmp.nii.gz")
+        assert atomic._TEMPORARY.match(tmp.name) and tmp.name.endswith(".infnet-tmp.nii.gz")
         tmp.write_bytes(b"x")
     assert (tmp_path / "2.000000-5mm-40805_seg.nii.gz").read_bytes() == b"x"
 
@@ -189,7 +203,7 @@ def test_write_error_is_one_line_and_leaves_no_partial_file(weights, tmp_path, c
     rc = main(["segment", str(src), "-o", str(out), "--weights", str(weights), "-q"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1
-    assert err[0].startswith(f"error: {out / 'c0_seg.nii.gz'}: cannot write the output (OSError: [Errno 28] No space left")
+    assert err[0] == f"error: {out / 'c0_seg.nii.gz'}: cannot write the output (No space left on device); free disk space or choose another -o"
     assert err[1] == "error: 1 more volume(s) not segmented after the write error" and len(err) == 2
     assert _files(out) == []
 
@@ -281,9 +295,13 @@ def test_no_lung_found_is_a_warning_and_the_exit_status(weights, tmp_path, capsy
     yy, xx = np.mgrid[:96, :96]
     hu[(yy - 48) ** 2 + (xx - 48) ** 2 < 40**2] = 40.0  # a water cylinder: a body without lungs
     save_nifti(tmp_path / "abdomen.nii.gz", hu, affine_for(SPACING))
-    rc = main(["segment", str(tmp_path / "abdomen.nii.gz"), "-o", str(tmp_path / "o"), "--weights", str(weights), "-q"])
-    err = capsys.readouterr().err.strip()
-    assert rc == 1 and err.startswith("warning: ") and "abdomen.nii.gz: no lung found" in err and len(err.splitlines()) == 1
+    args = ["segment", str(tmp_path / "abdomen.nii.gz"), "-o", str(tmp_path / "o"), "--weights", str(weights), "-q"]
+    for _ in range(2):  # nothing written, so a rerun says it again (no "exists, kept" with exit 0)
+        rc = main(args)
+        err = capsys.readouterr().err.strip()
+        assert rc == 1 and err.startswith("warning: ") and "abdomen.nii.gz: no lung found" in err
+        assert "nothing was written" in err and len(err.splitlines()) == 1
+        assert not (tmp_path / "o").exists()  # the folder the run made is not left behind empty
 
 
 # ------------------------------------------------------------------------------------------------
@@ -334,3 +352,29 @@ def test_glob_passes_over_non_volumes_and_reports_them(tmp_path):
     with pytest.raises(CTInputError, match="notes: folder holds no DICOM"):  # without a list, as before
         expand_inputs([str(tmp_path / "study" / "*")])
     assert expand_inputs([f"{tmp_path}/**/"], []) == [tmp_path / "study" / "ct"]  # study folders are passed over
+
+
+@pytest.mark.slow
+def test_partial_or_blocked_outputs_are_not_taken_as_done(weights, tmp_path, capsys):  # noqa: F811
+    src, out = tmp_path / "in", tmp_path / "o"
+    src.mkdir()
+    out.mkdir()
+    save_nifti(src / "ct.nii.gz", chest_phantom((96, 96, 2), SPACING), affine_for(SPACING))
+    base = ["segment", str(src / "ct.nii.gz"), "-o", str(out), "--weights", str(weights), "-q"]
+    assert main(base) == 0
+    stamp = (out / "ct_seg.nii.gz").stat().st_mtime_ns
+    # the mask exists but the report asked for now does not: not "kept" with exit 0
+    assert main(base + ["--report"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {out / 'ct_seg.nii.gz'}: exists but ct_burden.json does not; pass --overwrite to redo the volume"
+    assert (out / "ct_seg.nii.gz").stat().st_mtime_ns == stamp and not (out / "ct_burden.json").exists()
+    # --series names only folders' series: a NIfTI keeps its name and its existing mask
+    assert main(base + ["--series", "1.2.3"]) == 0
+    assert "exists, kept" in capsys.readouterr().err and (out / "ct_seg.nii.gz").stat().st_mtime_ns == stamp
+    assert _files(out) == ["ct_seg.nii.gz"]
+    # a folder where the mask goes
+    (out / "ct_seg.nii.gz").unlink()
+    (out / "ct_seg.nii.gz").mkdir()
+    assert main(base) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {out / 'ct_seg.nii.gz'}: exists and is not a file; remove it or choose another -o"

@@ -257,11 +257,21 @@ def match_label_grid(
     if same_shape and affine_diff <= atol:
         return label
     if not resample_label:
+        differences = []
+        if not same_shape:
+            differences.append(f"shape {tuple(pred.shape)} vs {tuple(label.shape)}")
+        if affine_diff > atol:
+            differences.append(f"affines differ by up to {affine_diff:.3g} mm")
         raise ValueError(
-            f"{pred_name} and {label_name} are on different grids (shape {tuple(pred.shape)} vs "
-            f"{tuple(label.shape)}, max affine difference {affine_diff:.3g} mm > {atol:g}); pass "
-            "--resample-label (resample_label=True) to resample the label onto the prediction grid "
-            "by nearest neighbour"
+            f"{pred_name} and {label_name} are on different grids ({', '.join(differences)}); pass "
+            "--resample-label to resample the label onto the prediction grid by nearest neighbour"
         )
-    resampled = ResampleToMatch(mode="nearest", padding_mode="zeros")(label[None], img_dst=pred[None])
-    return resampled[0]
+    resampled = ResampleToMatch(mode="nearest", padding_mode="zeros")(label[None], img_dst=pred[None])[0]
+    before = float(np.count_nonzero(np.asarray(label))) * abs(np.linalg.det(label_affine[:3, :3]))
+    after = float(np.count_nonzero(np.asarray(resampled))) * abs(np.linalg.det(pred_affine[:3, :3]))
+    if before > 0 and after < 0.99 * before:
+        raise ValueError(
+            f"{label_name}: {100 * (1 - after / before):.1f} % of its labelled volume lies outside the grid of "
+            f"{pred_name}, so resampling would drop it; score a prediction that covers the whole label"
+        )
+    return resampled

@@ -167,7 +167,7 @@ def expand_inputs(patterns: Iterable[PathLike], skipped: list[str] | None = None
     other folders (a study folder matched by ``**/``) silently, anything else with its one-line
     reason appended to ``skipped`` (without ``skipped``, it raises as a named path does).
     """
-    volumes: dict[Path, None] = {}
+    volumes: dict[Path, Path] = {}
     for pattern in patterns:
         path = Path(pattern).expanduser()
         if path.exists():
@@ -182,18 +182,21 @@ def expand_inputs(patterns: Iterable[PathLike], skipped: list[str] | None = None
         for match in matches:
             kind = input_kind(match)
             if kind in VOLUME_KINDS:
-                volumes[match] = None
+                found = [match]
             elif kind == "dicom_slice":
-                volumes[match.parent] = None
+                found = [match.parent]
             elif kind == "nifti_folder":
-                volumes.update(dict.fromkeys(f for f in _folder_files(match) if _is_nifti(f)))
+                found = [f for f in _folder_files(match) if _is_nifti(f)]
             elif globbed and match.is_dir() and not _folder_files(match) and any(p.is_dir() for p in match.iterdir()):
                 continue  # a folder of folders matched by a glob: its series are matched themselves
             elif globbed and skipped is not None:
                 skipped.append(_unknown_message(match))
+                continue
             else:
                 raise CTInputError(_unknown_message(match))
-    return list(volumes)
+            for volume in found:  # one volume however it was written (../, trailing /, a link)
+                volumes.setdefault(volume.resolve(), volume)
+    return list(volumes.values())
 
 
 # --------------------------------------------------------------------------------------------
@@ -498,7 +501,7 @@ class CTReader(ImageReader):
                 if not series:
                     raise CTInputError(f"{path}: no series with SeriesInstanceUID {self.series_uid}; found {listing}")
             elif len(series) > 1:
-                raise CTInputError(f"{path}: holds {len(series)} DICOM series, pick one with series_uid: {listing}")
+                raise CTInputError(f"{path}: holds {len(series)} DICOM series; pick one with --series UID (series_uid in Python and the bundle): {listing}")
             info = series[0]
         else:
             try:
@@ -533,7 +536,7 @@ class CTReader(ImageReader):
         if self.check_hu:
             check_hounsfield(img.path, data)
         meta[ImageMetaKey.FILENAME_OR_OBJ] = str(img.path)
-        meta[CASE_NAME_KEY] = case_name(img.path, self.series_uid if img.nifti_reader is None else None)
+        meta[CASE_NAME_KEY] = case_name(img.path, self.series_uid)
         return _float32_c_order(data), meta
 
     def _nifti_data(self, img: _CTImage) -> tuple[np.ndarray, dict]:

@@ -15,8 +15,11 @@ from typing import Iterator
 __all__ = ["atomic_output", "prepare_output_dir", "remove_stale_temporaries", "OutputDirError"]
 
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:32] or "host"
-# .<target name>.<host>.<pid>.<random>.tmp<suffix>
-_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[^.]+\.tmp(\.[A-Za-z0-9]+)*$")
+# .<target name>.<host>.<pid>.<8 random characters of mkstemp>.infnet-tmp<suffix>
+_MARKER = ".infnet-tmp"
+_TEMPORARY = re.compile(
+    r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d{1,7})\.[a-z0-9_]{8}\.infnet-tmp(\.[A-Za-z0-9]+)*$"
+)
 
 
 class OutputDirError(ValueError):
@@ -42,7 +45,7 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = True) -> Iterator[P
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: output exists; pass --overwrite to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_HOST}.{os.getpid()}.", suffix=f".tmp{_suffix(path)}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_HOST}.{os.getpid()}.", suffix=f"{_MARKER}{_suffix(path)}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
