@@ -183,7 +183,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--labels", type=int, nargs="+", default=None, metavar="C",
         help="class values to score per class (volume: label maps; slices: class-index GT images and one map "
-             "folder per class under --pred, GGO/ and Consolidation/ for 1 and 2, as predict-slices --classes patterns writes)",
+             "folder per class under --pred, GGO/ and Consolidation/ for 1 and 2, as predict-slices --classes "
+             "patterns writes)",
     )
     p.add_argument(
         "--resample-label",

@@ -3,7 +3,8 @@
 A volume's *case name* is its file or folder name whole (dots, spaces and non-ASCII characters
 kept: TCIA series folders such as ``2.000000-5mm-40805`` hold dots), less a volume suffix
 (``.nii.gz``, ``.nii``, ``.dcm``, ``.mha``, ``.mhd``, ``.nrrd``), plus
-``_series-<SeriesInstanceUID>`` when a series was chosen in a folder (not for a file). Its outputs are ``<output_dir>/<case name>_<postfix><ext>``. MONAI's default
+``_series-<SeriesInstanceUID>`` when a series was chosen in a folder (not for a file). Its
+outputs are ``<output_dir>/<case name>_<postfix><ext>``. MONAI's default
 ``FolderLayout`` cuts a name at its first dot, so the writers use :class:`CaseFolderLayout` and
 :func:`case_name_formatter` (the case name the reader put in the image's meta).
 """

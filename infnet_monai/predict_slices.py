@@ -28,7 +28,13 @@ from infnet_monai.transforms.train2d import slice_validation_transforms
 from infnet_monai.utils import atomic_output
 
 __all__ = [
-    "slice_images", "slice_probabilities", "probability_map", "probability_png", "predict_slices", "class_pngs", "infection_priors"
+    "slice_images",
+    "slice_probabilities",
+    "probability_map",
+    "probability_png",
+    "predict_slices",
+    "class_pngs",
+    "infection_priors",
 ]
 
 

@@ -143,10 +143,11 @@ def qc_montage(
     ct = _volume(image).astype(np.float32)
     inf = _volume(infection).astype(np.uint8) if infection is not None else None
     colours = {v: np.asarray(rgb, np.float32) for v, (_, rgb) in (class_colours or {}).items() if v > 0}
-    legend = (
-        ", ".join(f"{_COLOUR_NAMES.get(tuple(rgb), str(tuple(rgb)))} = {name}" for v, (name, rgb) in class_colours.items() if v > 0)
-        if class_colours else "red = infection"
-    )
+    legend = "red = infection"
+    if class_colours:
+        legend = ", ".join(
+            f"{_COLOUR_NAMES.get(tuple(rgb), str(tuple(rgb)))} = {name}" for v, (name, rgb) in class_colours.items() if v > 0
+        )
     lab = _volume(lung).astype(np.uint8) if lung is not None else None
     axis = axial_axis(affine)
     candidates = np.arange(ct.shape[axis])
@@ -176,9 +177,8 @@ def qc_montage(
         rgb = np.repeat(np.asarray(gray, dtype=np.float32)[..., None], 3, axis=-1)
         if inf is not None:
             view = _resize_mask(radiological_slice(inf, affine, k)[0], size)
-            for selected, colour in (
-                ((view == v, c) for v, c in colours.items()) if colours else [(view > 0, np.asarray(INFECTION_RGB, np.float32))]
-            ):
+            overlays = [(view == v, c) for v, c in colours.items()] or [(view > 0, np.asarray(INFECTION_RGB, np.float32))]
+            for selected, colour in overlays:
                 rgb[selected] = (1 - alpha) * rgb[selected] + alpha * colour
         if lab is not None:
             labels = _resize_mask(radiological_slice(lab, affine, k)[0], size)

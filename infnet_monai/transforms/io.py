@@ -501,7 +501,10 @@ class CTReader(ImageReader):
                 if not series:
                     raise CTInputError(f"{path}: no series with SeriesInstanceUID {self.series_uid}; found {listing}")
             elif len(series) > 1:
-                raise CTInputError(f"{path}: holds {len(series)} DICOM series; pick one with --series UID (series_uid in Python and the bundle): {listing}")
+                raise CTInputError(
+                    f"{path}: holds {len(series)} DICOM series; pick one with --series UID (series_uid in Python "
+                    f"and the bundle): {listing}"
+                )
             info = series[0]
         else:
             try:

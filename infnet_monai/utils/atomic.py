@@ -45,7 +45,9 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = True) -> Iterator[P
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: output exists; pass --overwrite to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_HOST}.{os.getpid()}.", suffix=f"{_MARKER}{_suffix(path)}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.{_HOST}.{os.getpid()}.", suffix=f"{_MARKER}{_suffix(path)}", dir=path.parent
+    )
     os.close(fd)
     tmp_path = Path(tmp)
     try:
