@@ -134,12 +134,12 @@ def load_pattern_network(
     ``device``; never a compiled package."""
     from infnet_monai.networks import InfNetUNet
     from infnet_monai.networks.patterns import InfectionPatternNetwork
-    from infnet_monai.shipped import default_pattern_weights
+    from infnet_monai.shipped import BUNDLE_DIR, PATTERN_WEIGHTS, default_pattern_weights
 
     pattern_weights = pattern_weights or default_pattern_weights()
     if not pattern_weights or not Path(pattern_weights).is_file():
         raise MissingWeightsError(
-            f"{pattern_weights or 'models/multiclass_model.pt'}: no multi-class weights; pass --pattern-weights "
+            f"{pattern_weights or BUNDLE_DIR / 'models' / PATTERN_WEIGHTS}: no multi-class weights; pass --pattern-weights "
             "MODEL.pt (a bundle's models/multiclass_model.pt, trained by configs/train_multiclass_shipped.json)"
         )
     device = default_device(device)

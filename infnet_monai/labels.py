@@ -9,7 +9,8 @@ from pathlib import Path
 
 from infnet_monai.utils import atomic_output
 
-__all__ = ["INFECTION_LABELS", "PATTERN_LABELS", "PATTERN_FOLDERS", "class_folder", "labels_of", "write_label_sidecar"]
+__all__ = ["INFECTION_LABELS", "PATTERN_LABELS", "PATTERN_FOLDERS", "class_folder", "labels_of", "class_names",
+           "write_label_sidecar"]
 
 # value -> (name, SNOMED CT concept id or None, display colour RGB)
 INFECTION_LABELS = {
@@ -37,6 +38,14 @@ def labels_of(classes: str) -> dict[int, tuple[str, str | None, tuple[int, int, 
     if classes not in tables:
         raise ValueError(f"classes must be one of {', '.join(tables)}, got {classes!r}")
     return tables[classes]
+
+
+def class_names(classes: str) -> dict[int, str] | None:
+    """Label value -> name of the classes a burden report counts one by one (``"patterns"``),
+    None for the binary infection mask."""
+    if classes == "infection":
+        return None
+    return {value: name for value, (name, _, _) in labels_of(classes).items() if value > 0}
 
 
 def write_label_sidecar(mask_path: str | os.PathLike, classes: str, overwrite: bool = True) -> Path:

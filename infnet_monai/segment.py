@@ -29,8 +29,9 @@ from infnet_monai.inference import (
     require_weights,
     slice_inferer,
 )
-from infnet_monai.labels import labels_of, write_label_sidecar
+from infnet_monai.labels import class_names, labels_of, write_label_sidecar
 from infnet_monai.naming import case_name, check_output_names, output_file
+from infnet_monai.report.burden import check_report_csv
 from infnet_monai.shipped import network_size
 from infnet_monai.transforms.chain import DEFAULT_WINDOW_HU, ct_postprocessing, ct_preprocessing
 from infnet_monai.transforms.io import CTInputError, estimated_slices, expand_inputs
@@ -92,13 +93,16 @@ def _write_report(path: Path, result, opts: SegmentOptions) -> None:
     ct = load_volume(path)
     to_ras = Orientation(axcodes="RAS", labels=RAS_LABELS)
     lung = result.item.get("lung")
-    patterns = opts.classes == "patterns"
-    case = case_name(path, opts.series_uid) + ("_patterns" if patterns else "")
+    case = case_name(path, opts.series_uid) + ("_patterns" if opts.classes == "patterns" else "")
     report_volumes(
         ct, to_ras(result.item["pred"]), None if lung is None else to_ras(lung), case, opts.output_dir,
-        csv_path=Path(opts.output_dir) / ("burden_patterns.csv" if patterns else "burden.csv"), overwrite=True,
-        classes=opts.classes,
+        csv_path=_report_csv(opts), overwrite=True, classes=opts.classes,
     )
+
+
+def _report_csv(opts: SegmentOptions) -> Path:
+    """The run's burden table: one per output folder and kind of mask."""
+    return Path(opts.output_dir) / ("burden_patterns.csv" if opts.classes == "patterns" else "burden.csv")
 
 
 def _root_cause(exc: BaseException, path: Path) -> str:
@@ -203,6 +207,8 @@ def segment_volumes(inputs: Sequence[str], opts: SegmentOptions) -> int:
         else:
             print(reason, file=sys.stderr)
             failures += reason.startswith("error")
+    if opts.report:  # a foreign file where the burden table goes would fail after the inference
+        check_report_csv(_report_csv(opts), class_names(opts.classes))
     created = not Path(opts.output_dir).exists()
     prepare_output_dir(opts.output_dir, _expected_output_bytes(todo, opts))
     try:

@@ -180,3 +180,11 @@ def test_grid_message_names_what_differs_and_resampling_never_drops_label():
     shifted = _meta(np.zeros((16, 16, 10), np.float32), (1.0, 1.0, 2.0), origin=(0.0, 0.0, 0.3))
     with pytest.raises(ValueError, match=r"\(affines differ by up to 0\.3 mm\)"):
         match_label_grid(pred, shifted)
+
+
+def test_prediction_outside_the_labels_field_of_view_is_refused():
+    label = _meta(np.zeros((16, 16, 10), np.float32), (1.0, 1.0, 2.0))
+    pred = np.zeros((16, 16, 12), np.float32)
+    pred[4:12, 4:12, 9:12] = 1  # two of its three slices beyond the label's last slice
+    with pytest.raises(ValueError, match=r"p\.nii\.gz: 66\.7 % of its predicted voxels lie outside the field of view of l\.nii\.gz"):
+        match_label_grid(_meta(pred, (1.0, 1.0, 2.0)), label, resample_label=True, pred_name="p.nii.gz", label_name="l.nii.gz")

@@ -378,3 +378,16 @@ def test_partial_or_blocked_outputs_are_not_taken_as_done(weights, tmp_path, cap
     assert main(base) == 1
     err = capsys.readouterr().err.strip()
     assert err == f"error: {out / 'ct_seg.nii.gz'}: exists and is not a file; remove it or choose another -o"
+
+
+def test_foreign_burden_table_is_refused_before_any_work(weights, tmp_path, capsys):  # noqa: F811
+    src, out = tmp_path / "in", tmp_path / "o"
+    src.mkdir()
+    out.mkdir()
+    save_nifti(src / "ct.nii.gz", chest_phantom((64, 64, 2), SPACING), affine_for(SPACING))
+    (out / "burden.csv").write_text("name,score\nalice,3\n")  # the user's own table
+    rc = main(["segment", str(src / "ct.nii.gz"), "-o", str(out), "--weights", str(weights), "-q", "--report"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.endswith(f"{out / 'burden.csv'}: exists and is not a burden table of this kind (other columns); "
+                                     "move it or choose another -o")
+    assert _files(out) == ["burden.csv"] and (out / "burden.csv").read_text() == "name,score\nalice,3\n"

@@ -274,4 +274,13 @@ def match_label_grid(
             f"{label_name}: {100 * (1 - after / before):.1f} % of its labelled volume lies outside the grid of "
             f"{pred_name}, so resampling would drop it; score a prediction that covers the whole label"
         )
+    covered = ResampleToMatch(mode="nearest", padding_mode="zeros")(torch.ones_like(label)[None], img_dst=pred[None])[0]
+    predicted = np.asarray(pred) != 0
+    outside = int(np.count_nonzero(predicted & (np.asarray(covered) == 0)))
+    if outside > 0.01 * max(1, int(np.count_nonzero(predicted))):
+        raise ValueError(
+            f"{pred_name}: {100 * outside / np.count_nonzero(predicted):.1f} % of its predicted voxels lie outside the "
+            f"field of view of {label_name}, where they would count as false positives; score against a label "
+            "that covers the whole prediction, or crop the prediction to the label"
+        )
     return resampled

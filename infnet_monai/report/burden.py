@@ -35,6 +35,8 @@ from infnet_monai.utils import atomic_output
 from infnet_monai.utils.geometry import affine_of, axial_axis, slice_z_mm, voxel_spacing, voxel_volume_ml
 
 __all__ = [
+    "report_columns",
+    "check_report_csv",
     "SEVERITY_BANDS",
     "severity_score",
     "infection_burden",
@@ -175,6 +177,24 @@ def report_row(report: dict[str, Any]) -> dict[str, Any]:
         value = report["infection_slices"][key]
         row[f"infection_slice_{key}"] = "" if value is None else value
     return row
+
+
+def report_columns(class_names: dict[int, str] | None = None) -> list[str]:
+    """The CSV columns of a burden report (:func:`report_row`), with per-class columns when
+    ``class_names`` is given: those of the report of an empty 2x2x2 volume."""
+    empty = np.zeros((1, 2, 2, 2), np.uint8)
+    return list(report_row(infection_burden(empty, empty, affine=np.eye(4), class_names=class_names)))
+
+
+def check_report_csv(path: str | os.PathLike, class_names: dict[int, str] | None = None) -> None:
+    """Raise ``ValueError`` (one line naming ``path``) when a file there is not a burden table
+    with the columns :func:`update_report_csv` would write: checked before any work."""
+    if not os.path.exists(path):
+        return
+    with open(path, newline="") as f:
+        header = next(csv.reader(f), None)
+    if header != report_columns(class_names):
+        raise ValueError(f"{path}: exists and is not a burden table of this kind (other columns); move it or choose another -o")
 
 
 def write_report_json(report: dict[str, Any], path: str | os.PathLike, overwrite: bool = False) -> None:

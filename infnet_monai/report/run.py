@@ -73,11 +73,10 @@ def report_volumes(
     """:func:`make_report` on loaded volumes ``(1, X, Y, Z)`` sharing one grid (lung computed
     from the CT's HU when ``lung`` is None). ``classes="patterns"``: ``infection`` is a labelmap
     (:data:`~infnet_monai.labels.PATTERN_LABELS`), reported and drawn per class."""
-    from infnet_monai.labels import labels_of
+    from infnet_monai.labels import class_names, labels_of
 
-    table = {value: entry for value, entry in labels_of(classes).items() if value > 0}
-    names = {value: name for value, (name, _, _) in table.items()} if classes == "patterns" else None
-    colours = {value: (name, rgb) for value, (name, _, rgb) in table.items()} if classes == "patterns" else None
+    names = class_names(classes)
+    colours = {v: (name, rgb) for v, (name, _, rgb) in labels_of(classes).items() if v > 0} if names else None
     out_dir = Path(out_dir)
     json_path, png_path = out_dir / f"{case}_burden.json", out_dir / f"{case}_qc.png"
     csv_path = Path(csv_path) if csv_path is not None else out_dir / "burden.csv"
