@@ -180,7 +180,10 @@ def test_network_data_format_values(meta):
     assert final["dtype"] == "uint8" and final["value_range"] == [0, 1] and final["channel_def"] == pred["channel_def"]
     published = meta["published_eval_metrics"]
     assert published["reproduced_with_this_bundle"] is False  # the paper's test set is not here
-    assert set(meta["eval_metrics"]) == {"held_out_doctor_label_slices"}
+    assert set(meta["eval_metrics"]) == {"held_out_doctor_label_slices", "held_out_multiclass_slices"}
+    multiclass = meta["eval_metrics"]["held_out_multiclass_slices"]
+    assert set(multiclass) == {"source", "ground_glass_opacity", "consolidation"}
+    assert all(0 < multiclass[c]["dice"] < 1 for c in ("ground_glass_opacity", "consolidation"))
 
 
 def test_verify_net_in_out_with_the_declared_shapes(monkeypatch):
