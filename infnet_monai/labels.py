@@ -7,10 +7,14 @@ import json
 import os
 from pathlib import Path
 
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
+from monai.utils import MetaKeys
+
 from infnet_monai.utils import atomic_output
 
 __all__ = ["INFECTION_LABELS", "PATTERN_LABELS", "PATTERN_FOLDERS", "class_folder", "labels_of", "class_names",
-           "write_label_sidecar"]
+           "write_label_sidecar", "LabelSidecard"]
 
 # value -> (name, SNOMED CT concept id or None, display colour RGB)
 INFECTION_LABELS = {
@@ -61,3 +65,26 @@ def write_label_sidecar(mask_path: str | os.PathLike, classes: str, overwrite: b
     with atomic_output(path, overwrite=overwrite) as tmp:
         tmp.write_text(json.dumps({"mask": mask_path.name, "labels": table}, indent=2) + "\n", encoding="utf-8")
     return path
+
+
+class LabelSidecard(MapTransform):
+    """Write the label sidecar (:func:`write_label_sidecar`) beside each saved labelmap of
+    ``keys``: after ``SaveImaged(..., savepath_in_metadict=True)``, which records the written
+    path in the meta (``saved_to``). A binary infection mask (``classes="infection"``) gets none,
+    as in ``infnet-monai segment``."""
+
+    def __init__(self, keys: KeysCollection, classes: str = "patterns", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        labels_of(classes)  # a known choice
+        self.classes = classes
+
+    def __call__(self, data):
+        d = dict(data)
+        if self.classes == "infection":
+            return d
+        for key in self.key_iterator(d):
+            saved = getattr(d[key], "meta", {}).get(MetaKeys.SAVED_TO)
+            if saved is None:
+                raise ValueError(f"{key}: no saved path in its meta; save it with SaveImaged(savepath_in_metadict=True) first")
+            write_label_sidecar(saved, self.classes)
+        return d

@@ -25,6 +25,7 @@ from monai.inferers import SliceInferer
 from monai.transforms import Compose, SaveImaged
 from packaging.version import Version
 
+from infnet_monai.labels import LabelSidecard
 from infnet_monai.metrics.evaluate import FolderEvaluation
 from infnet_monai.metrics.volume import EMPTY_MASK_POLICY
 from infnet_monai.networks import InfNet
@@ -339,8 +340,9 @@ def test_inference_config_resolves_every_id(ct_dir, tmp_path, tmp_path_factory):
     assert low <= float(net_input.min()) and float(net_input.max()) <= high
     assert len(value["dataloader"]) == 1 and value["dataloader"].batch_size == 1
     assert isinstance(value["preprocessing"], Compose) and isinstance(value["postprocessing"], Compose)
-    saver = value["postprocessing"].transforms[-1]
+    saver, sidecar = value["postprocessing"].transforms[-2:]
     assert isinstance(saver, SaveImaged) and Path(saver.saver.folder_layout.output_dir) == out
+    assert isinstance(sidecar, LabelSidecard) and sidecar.classes == value["classes"] == "infection"
     assert Path(value["ckpt_path"]) == weights
     evaluator = value["evaluator"]
     assert isinstance(evaluator, SupervisedEvaluator) and evaluator.inferer is inferer

@@ -184,3 +184,40 @@ def test_priors_are_made_once_per_weights_and_attached(weights, tmp_path):  # no
     (folder / "7.png").unlink()
     with pytest.raises(ValueError, match="no file for 1 image"):
         attach_maps(semiseg_datalist(root, prior_dir=None), folder)
+
+
+@pytest.mark.slow
+def test_bundle_patterns_equal_the_cli(weights, tmp_path):  # noqa: F811
+    import os
+    import subprocess
+    import sys
+
+    from conftest import BUNDLE_DIR, REPO_ROOT
+
+    torch.manual_seed(2)
+    unet = InfNetUNet().eval()
+    with torch.no_grad():
+        unet.outc.bias.copy_(torch.tensor([0.0, 0.05, -0.05]))
+    pattern_weights = tmp_path / "unet.pt"
+    torch.save(unet.state_dict(), pattern_weights)
+    src = tmp_path / "in"
+    src.mkdir()
+    save_nifti(src / "case.1.nii.gz", chest_phantom((120, 128, 3), SPACING, seed=4), affine_for(SPACING, "LPS"))
+    assert main(["segment", str(src), "-o", str(tmp_path / "cli"), "--weights", str(weights), "-q", "--classes",
+                 "patterns", "--pattern-weights", str(pattern_weights), "--image-size", "64"]) == 0
+    cmd = [
+        sys.executable, "-m", "monai.bundle", "run",
+        "--config_file", str(BUNDLE_DIR / "configs" / "inference.json"),
+        "--meta_file", str(BUNDLE_DIR / "configs" / "metadata.json"),
+        "--bundle_root", str(BUNDLE_DIR), "--dataset_dir", str(src), "--output_dir", str(tmp_path / "bundle"),
+        "--ckpt_path", str(weights), "--pattern_ckpt_path", str(pattern_weights), "--classes", "patterns",
+        "--image_size", "64",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", timeout=600,
+                          env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = np.asarray(nib.load(str(tmp_path / "cli" / "case.1_patterns.nii.gz")).dataobj)
+    b = np.asarray(nib.load(str(tmp_path / "bundle" / "case.1_patterns.nii.gz")).dataobj)
+    np.testing.assert_array_equal(a, b)
+    assert set(np.unique(a)) <= {0, 1, 2} and a.any()
+    assert (tmp_path / "bundle" / "case.1_patterns.json").read_text() == (tmp_path / "cli" / "case.1_patterns.json").read_text()
