@@ -22,6 +22,7 @@ from tqdm import tqdm
 from infnet_monai.inference import (
     compile_choice,
     default_device,
+    default_precision,
     infer_volume,
     load_network,
     load_pattern_network,
@@ -48,7 +49,8 @@ class SegmentOptions:
     ``weights``: None runs the shipped model. ``image_size``: in-plane size of the network
     input (None: the model's own, :func:`infnet_monai.shipped.network_size`).
     ``batch_size``: slices per network call (None: 32 on a GPU, 2 on the CPU). ``precision``:
-    network precision (None: fp32; "fp16"/"bf16" autocast). ``slice_crop``:
+    network precision ("fp32", or "fp16"/"bf16" autocast; None: bf16 on CPUs with native bf16,
+    fp32 elsewhere and with ``compile=True``, :func:`~infnet_monai.inference.default_precision`). ``slice_crop``:
     infer only the slices near the lungs. ``prefetch``: preprocess the next volume during the
     current one's inference (None: on a GPU only; on a 2-core CPU both compete for the cores).
     ``compile`` (CPU, fp32): run the network from its compiled package, True building it when
@@ -230,7 +232,9 @@ def _segment_todo(todo: list[Path], targets: dict[Path, Path], weights: Path, op
         pre, threshold=opts.threshold, prob_key="prob" if opts.save_prob else None,
         restrict_to_lung=opts.restrict_to_lung, classes=opts.classes,
     )
-    inferer = slice_inferer(opts.batch_size, opts.device, progress=opts.progress, precision=opts.precision, size=size)
+    # the compiled package asked for by --compile on runs fp32; otherwise the device's default
+    precision = opts.precision or ("fp32" if opts.compile else default_precision(opts.device))
+    inferer = slice_inferer(opts.batch_size, opts.device, progress=opts.progress, precision=precision, size=size)
     save_mask = mask_saver(opts.output_dir, "patterns" if opts.classes == "patterns" else "seg", np.uint8)
     save_prob = mask_saver(opts.output_dir, "patterns_prob" if opts.classes == "patterns" else "prob", np.float32)
     if opts.classes == "patterns":
@@ -238,7 +242,7 @@ def _segment_todo(todo: list[Path], targets: dict[Path, Path], weights: Path, op
             raise ValueError("--compile on: the infection-pattern network is not compiled; use --compile auto or off")
         network = load_pattern_network(weights, opts.pattern_weights, opts.device, size)
     else:
-        compile = compile_choice(todo, opts.device, opts.precision, requested=opts.compile)
+        compile = compile_choice(todo, opts.device, precision, requested=opts.compile)
         network = load_network(weights, opts.device, compile=compile, batch_size=opts.batch_size, size=size)
     prefetch = default_device(opts.device).type == "cuda" if opts.prefetch is None else opts.prefetch
     volumes = prefetch_map(lambda p: pre({"image": str(p)}), todo, enabled=prefetch)

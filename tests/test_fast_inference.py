@@ -218,10 +218,10 @@ def test_fast_defaults_give_the_masks_of_the_plain_fp32_path(weights, tmp_path):
     path, _ = _phantom_with_lung_free_slices(tmp_path / "ct.nii.gz", seed=2)
     plain_pre = ct_preprocessing(slice_crop=False)
     plain = infer_volume(plain_pre({"image": str(path)}), load_network(weights, "cpu", optimize=False),
-                         slice_inferer(8, "cpu"), ct_postprocessing(plain_pre))
-    fast_pre = ct_preprocessing(network_input=False)
-    fast = infer_volume(fast_pre({"image": str(path)}), load_network(weights, "cpu"), slice_inferer(device="cpu"),
-                        ct_postprocessing(fast_pre))
+                         slice_inferer(8, "cpu", precision="fp32"), ct_postprocessing(plain_pre))
+    fast_pre = ct_preprocessing(network_input=False)  # the fast chain and network, in fp32 (the default on CPUs without bf16)
+    fast = infer_volume(fast_pre({"image": str(path)}), load_network(weights, "cpu"),
+                        slice_inferer(device="cpu", precision="fp32"), ct_postprocessing(fast_pre))
     assert (plain.slices, fast.slices) == (10, 4)
     a, b = plain.item["pred"].numpy(), fast.item["pred"].numpy()
     assert 0 < a.sum() < a.size
@@ -279,8 +279,10 @@ class _Scale(nn.Module):
 
 
 def test_precision_defaults_and_reduced_precision_logits():
-    assert slice_inferer(device="cpu").precision == "fp32"
-    assert default_precision("cuda") == default_precision("cpu") == "fp32"
+    from infnet_monai.utils.cpuinfo import native_bf16
+
+    assert slice_inferer(device="cpu").precision == default_precision("cpu") == ("bf16" if native_bf16() else "fp32")
+    assert default_precision("cuda") == "fp32"
     with pytest.raises(ValueError, match="precision must be one of"):
         slice_inferer(device="cpu", precision="int8")
     volume = torch.rand(1, 1, 16, 16, 3)
@@ -464,9 +466,12 @@ def test_segment_compiles_only_when_it_pays_off(weights, tmp_path, monkeypatch):
     _phantom_with_lung_free_slices(tmp_path / "case.nii.gz", seed=1)
     for choice in (None, False):
         opts = SegmentOptions(output_dir=tmp_path / f"out_{choice}", weights=str(weights), device="cpu",
-                              compile=choice, progress=False)
+                              compile=choice, progress=False, precision="fp32")
         assert segment_volumes([str(tmp_path / "case.nii.gz")], opts) == 0
     assert asked == [None, False]  # one short volume: auto builds no package (it uses one built before)
+    opts = SegmentOptions(output_dir=tmp_path / "default", weights=str(weights), device="cpu", progress=False)
+    assert segment_volumes([str(tmp_path / "case.nii.gz")], opts) == 0
+    assert asked[-1] is (False if default_precision("cpu") == "bf16" else None)  # bf16 runs the eager network
     opts = SegmentOptions(output_dir=tmp_path / "bf16", weights=str(weights), device="cpu", compile=True,
                           precision="bf16", progress=False)
     with pytest.raises(ValueError, match="runs the network in fp32"):
@@ -490,7 +495,8 @@ def test_segment_builds_the_package_once_and_writes_the_eager_masks(weights, tmp
     monkeypatch.setattr(segment, "load_network", recording_load_network)
     masks = {}
     for run, choice in (("eager", False), ("build", True), ("auto", None)):
-        opts = SegmentOptions(output_dir=tmp_path / run, weights=str(weights), device="cpu", compile=choice, progress=False)
+        opts = SegmentOptions(output_dir=tmp_path / run, weights=str(weights), device="cpu", compile=choice, progress=False,
+                              precision="fp32")
         assert segment_volumes([str(path)], opts) == 0
         masks[run] = np.asarray(nib.load(str(tmp_path / run / "case_seg.nii.gz")).dataobj)
     assert [type(n).__name__ for n in loaded] == ["InfNet", "PackagedNetwork", "PackagedNetwork"]  # auto: the one built

@@ -63,7 +63,7 @@ def test_patterns_on_a_real_ct_agree_with_the_infection_mask():
     size = network_size()
     pre = ct_preprocessing(spatial_size=size, network_input=False)
     item = pre({"image": str(EXAMPLE_CT)})
-    inferer = slice_inferer(None, "cpu")
+    inferer = slice_inferer(None, "cpu", precision="fp32")  # as measured for the model card
     binary = infer_volume(item, load_network(None, "cpu", compile=False), inferer, ct_postprocessing(pre))
     patterns = infer_volume(item, load_pattern_network(None, None, "cpu"), inferer, ct_postprocessing(pre, classes="patterns"))
     labels = patterns.item["pred"]
