@@ -101,9 +101,10 @@ def test_label_sidecar_names_every_value(tmp_path):
     assert table[1]["snomed_ct"] == "50960005" and table[2]["snomed_ct"] == "3128005"
 
 
-@pytest.mark.slow
-def test_segment_patterns_writes_labelmap_sidecar_and_burden(weights, tmp_path, capsys):  # noqa: F811
-    torch.manual_seed(1)
+def _random_unet_and_phantom(tmp_path, name: str, seed: int):
+    """A random multi-class UNet whose class biases favour GGO slightly (so all classes occur)
+    and a chest phantom ``in/<name>``; returns (weights path, input folder)."""
+    torch.manual_seed(seed)
     unet = InfNetUNet().eval()
     with torch.no_grad():
         unet.outc.bias.copy_(torch.tensor([0.0, 0.05, -0.05]))
@@ -111,7 +112,13 @@ def test_segment_patterns_writes_labelmap_sidecar_and_burden(weights, tmp_path, 
     torch.save(unet.state_dict(), pattern_weights)
     src = tmp_path / "in"
     src.mkdir()
-    save_nifti(src / "case.v1.nii.gz", chest_phantom((120, 128, 3), SPACING, seed=3), affine_for(SPACING, "LPS"))
+    save_nifti(src / name, chest_phantom((120, 128, 3), SPACING, seed=seed + 2), affine_for(SPACING, "LPS"))
+    return pattern_weights, src
+
+
+@pytest.mark.slow
+def test_segment_patterns_writes_labelmap_sidecar_and_burden(weights, tmp_path, capsys):  # noqa: F811
+    pattern_weights, src = _random_unet_and_phantom(tmp_path, "case.v1.nii.gz", seed=1)
     out = tmp_path / "o"
     rc = main(["segment", str(src / "case.v1.nii.gz"), "-o", str(out), "--weights", str(weights), "-q",
                "--classes", "patterns", "--pattern-weights", str(pattern_weights), "--report", "--image-size", "64"])
@@ -194,15 +201,7 @@ def test_bundle_patterns_equal_the_cli(weights, tmp_path):  # noqa: F811
 
     from conftest import BUNDLE_DIR, REPO_ROOT
 
-    torch.manual_seed(2)
-    unet = InfNetUNet().eval()
-    with torch.no_grad():
-        unet.outc.bias.copy_(torch.tensor([0.0, 0.05, -0.05]))
-    pattern_weights = tmp_path / "unet.pt"
-    torch.save(unet.state_dict(), pattern_weights)
-    src = tmp_path / "in"
-    src.mkdir()
-    save_nifti(src / "case.1.nii.gz", chest_phantom((120, 128, 3), SPACING, seed=4), affine_for(SPACING, "LPS"))
+    pattern_weights, src = _random_unet_and_phantom(tmp_path, "case.1.nii.gz", seed=2)
     assert main(["segment", str(src), "-o", str(tmp_path / "cli"), "--weights", str(weights), "-q", "--classes",
                  "patterns", "--pattern-weights", str(pattern_weights), "--image-size", "64"]) == 0
     cmd = [
