@@ -11,10 +11,11 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from monai.utils import MetaKeys
 
+from infnet_monai.naming import case_name
 from infnet_monai.utils import atomic_output
 
 __all__ = ["INFECTION_LABELS", "PATTERN_LABELS", "PATTERN_FOLDERS", "class_folder", "labels_of", "class_names",
-           "write_label_sidecar", "LabelSidecard"]
+           "sidecar_path", "write_label_sidecar", "LabelSidecard"]
 
 # value -> (name, SNOMED CT concept id or None, display colour RGB)
 INFECTION_LABELS = {
@@ -52,12 +53,16 @@ def class_names(classes: str) -> dict[int, str] | None:
     return {value: name for value, (name, _, _) in labels_of(classes).items() if value > 0}
 
 
+def sidecar_path(mask_path: str | os.PathLike) -> Path:
+    """``<mask name without .nii.gz/.nii>.json`` beside the mask."""
+    return Path(mask_path).with_name(f"{case_name(mask_path)}.json")
+
+
 def write_label_sidecar(mask_path: str | os.PathLike, classes: str, overwrite: bool = True) -> Path:
-    """``<mask without .nii.gz>.json`` beside the mask: ``{"labels": [{"value", "name",
-    "snomed_ct", "color"}, ...]}`` (atomic). Returns its path."""
+    """:func:`sidecar_path` of the mask: ``{"labels": [{"value", "name", "snomed_ct", "color"},
+    ...]}`` (atomic). Returns its path."""
     mask_path = Path(mask_path)
-    stem = mask_path.name[: -len(".nii.gz")] if mask_path.name.endswith(".nii.gz") else mask_path.stem
-    path = mask_path.with_name(f"{stem}.json")
+    path = sidecar_path(mask_path)
     table = [
         {"value": value, "name": name, "snomed_ct": code, "color": list(colour)}
         for value, (name, code, colour) in labels_of(classes).items()
@@ -85,6 +90,8 @@ class LabelSidecard(MapTransform):
         for key in self.key_iterator(d):
             saved = getattr(d[key], "meta", {}).get(MetaKeys.SAVED_TO)
             if saved is None:
-                raise ValueError(f"{key}: no saved path in its meta; save it with SaveImaged(savepath_in_metadict=True) first")
+                raise ValueError(
+                    f"{key}: no saved path in its meta; save it with SaveImaged(savepath_in_metadict=True) first"
+                )
             write_label_sidecar(saved, self.classes)
         return d

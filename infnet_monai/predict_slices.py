@@ -77,10 +77,16 @@ def slice_probabilities(
             yield Path(file), network(torch.as_tensor(image)[None].to(device))
 
 
+def _resized_logits(logits: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """``logits`` (1, C, h, w) at ``shape`` = (H, W): bilinear, ``align_corners=False``, as the
+    authors' test script resizes its maps."""
+    return F.interpolate(logits.float(), size=tuple(shape), mode="bilinear", align_corners=False)
+
+
 def probability_map(logits: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """Probabilities (H, W) of ``logits`` (1, 1, h, w) at ``shape`` = (H, W): bilinear resize of
-    the logits (``align_corners=False``, as the authors' test script), then the sigmoid."""
-    return torch.sigmoid(F.interpolate(logits.float(), size=tuple(shape), mode="bilinear", align_corners=False))[0, 0]
+    """Probabilities (H, W) of ``logits`` (1, 1, h, w) at ``shape`` = (H, W): the logits resized
+    (:func:`_resized_logits`), then the sigmoid."""
+    return torch.sigmoid(_resized_logits(logits, shape))[0, 0]
 
 
 def probability_png(logits: torch.Tensor, shape: Sequence[int], normalize: bool = False) -> np.ndarray:
@@ -140,7 +146,7 @@ def predict_slices(
 def class_pngs(logits: torch.Tensor, shape: Sequence[int]) -> list[np.ndarray]:
     """8-bit maps (H, W) of class logits (1, 3, h, w) at ``shape``: the GGO and consolidation
     probabilities x 255 (softmax after a bilinear resize of the logits) and the class indices."""
-    prob = torch.softmax(F.interpolate(logits.float(), size=tuple(shape), mode="bilinear", align_corners=False), 1)[0]
+    prob = torch.softmax(_resized_logits(logits, shape), 1)[0]
     maps = [(prob[c].clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy() for c in (1, 2)]
     return maps + [prob.argmax(0).to(torch.uint8).cpu().numpy()]
 

@@ -30,7 +30,7 @@ from infnet_monai.inference import (
     require_weights,
     slice_inferer,
 )
-from infnet_monai.labels import class_names, labels_of, write_label_sidecar
+from infnet_monai.labels import class_names, labels_of, sidecar_path, write_label_sidecar
 from infnet_monai.naming import case_name, check_output_names, output_file
 from infnet_monai.report.burden import check_report_csv
 from infnet_monai.shipped import network_size
@@ -39,7 +39,7 @@ from infnet_monai.transforms.io import CTInputError, estimated_slices, expand_in
 from infnet_monai.utils import prepare_output_dir
 from infnet_monai.utils.prefetch import prefetch_map
 
-__all__ = ["SegmentOptions", "output_path", "segment_volumes"]
+__all__ = ["SegmentOptions", "segment_volumes"]
 
 
 @dataclass
@@ -95,11 +95,19 @@ def _write_report(path: Path, result, opts: SegmentOptions) -> None:
     ct = load_volume(path)
     to_ras = Orientation(axcodes="RAS", labels=RAS_LABELS)
     lung = result.item.get("lung")
-    case = case_name(path, opts.series_uid) + ("_patterns" if opts.classes == "patterns" else "")
     report_volumes(
-        ct, to_ras(result.item["pred"]), None if lung is None else to_ras(lung), case, opts.output_dir,
-        csv_path=_report_csv(opts), overwrite=True, classes=opts.classes,
+        ct, to_ras(result.item["pred"]), None if lung is None else to_ras(lung), _report_case(path, opts),
+        opts.output_dir, csv_path=_report_csv(opts), overwrite=True, classes=opts.classes,
     )
+
+
+# postfixes of the mask's and the probabilities' names by what the mask holds
+_POSTFIXES = {"infection": ("seg", "prob"), "patterns": ("patterns", "patterns_prob")}
+
+
+def _report_case(path: Path, opts: SegmentOptions) -> str:
+    """The case name of a volume's burden report and QC image (a patterns run's carry ``_patterns``)."""
+    return case_name(path, opts.series_uid) + ("_patterns" if opts.classes == "patterns" else "")
 
 
 def _report_csv(opts: SegmentOptions) -> Path:
@@ -141,23 +149,18 @@ def _write_error(exc: BaseException, target: Path) -> str:
     return f"{target}: cannot write the output ({cause}); check the output folder"
 
 
-def output_path(input_path: Path, output_dir: Path, postfix: str = "seg", series_uid: str | None = None) -> Path:
-    """Where the mask of ``input_path`` goes: ``output_dir/<case name>_<postfix>.nii.gz``
-    (:func:`infnet_monai.naming.case_name`: the whole input name, dots kept)."""
-    return output_file(case_name(input_path, series_uid), output_dir, postfix)
-
-
 def _outputs(path: Path, opts: SegmentOptions) -> list[Path]:
     """Every file a volume's run writes, the mask first (:mod:`infnet_monai.naming`)."""
-    case = case_name(path, opts.series_uid) + ("_patterns" if opts.classes == "patterns" else "")
-    names = [f"{case}.nii.gz" if opts.classes == "patterns" else f"{case}_seg.nii.gz"]
+    case, out = case_name(path, opts.series_uid), Path(opts.output_dir)
+    mask_postfix, prob_postfix = _POSTFIXES[opts.classes]
+    files = [output_file(case, out, mask_postfix)]
     if opts.classes == "patterns":
-        names.append(f"{case}.json")  # the label names
+        files.append(sidecar_path(files[0]))  # the label names
     if opts.save_prob:
-        names.append(f"{case}_prob.nii.gz")
+        files.append(output_file(case, out, prob_postfix))
     if opts.report:
-        names += [f"{case}_burden.json", f"{case}_qc.png"]
-    return [Path(opts.output_dir) / name for name in names]
+        files += [out / f"{_report_case(path, opts)}_burden.json", out / f"{_report_case(path, opts)}_qc.png"]
+    return files
 
 
 def _done_or_blocked(outputs: list[Path], overwrite: bool) -> str | None:
@@ -235,8 +238,9 @@ def _segment_todo(todo: list[Path], targets: dict[Path, Path], weights: Path, op
     # the compiled package asked for by --compile on runs fp32; otherwise the device's default
     precision = opts.precision or ("fp32" if opts.compile else default_precision(opts.device))
     inferer = slice_inferer(opts.batch_size, opts.device, progress=opts.progress, precision=precision, size=size)
-    save_mask = mask_saver(opts.output_dir, "patterns" if opts.classes == "patterns" else "seg", np.uint8)
-    save_prob = mask_saver(opts.output_dir, "patterns_prob" if opts.classes == "patterns" else "prob", np.float32)
+    mask_postfix, prob_postfix = _POSTFIXES[opts.classes]
+    save_mask = mask_saver(opts.output_dir, mask_postfix, np.uint8)
+    save_prob = mask_saver(opts.output_dir, prob_postfix, np.float32)
     if opts.classes == "patterns":
         if opts.compile:
             raise ValueError("--compile on: the infection-pattern network is not compiled; use --compile auto or off")
