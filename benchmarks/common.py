@@ -244,22 +244,26 @@ def pipeline_parts(
     slice_crop: bool | None = None,
     compile: bool = False,
 ):
-    """(network, preprocessing, postprocessing, inferer) as the CLI builds them; ``fast=False``
-    gives the unoptimised fp32 path as before these optimisations (plain eval network, 3-channel
-    volume, every slice inferred, MONAI's SliceInferer with 8 slices per call). ``slice_crop``
-    overrides the slice crop of either; ``compile``: the fast network from its compiled package
-    (built if missing: see :func:`package_seconds`), else the eager one."""
+    """(network, preprocessing, postprocessing, inferer) as the CLI builds them (its
+    :class:`~infnet_monai.segmenter.Segmenter`); ``fast=False`` gives the unoptimised fp32 path as
+    before these optimisations (plain eval network, 3-channel volume, every slice inferred,
+    MONAI's SliceInferer with 8 slices per call). ``slice_crop`` overrides the slice crop of
+    either; ``compile``: the fast network from its compiled package (built if missing: see
+    :func:`package_seconds`), else the eager one."""
     from monai.inferers import SliceInferer
 
-    from infnet_monai.inference import load_network, slice_inferer
+    from infnet_monai.inference import load_network
+    from infnet_monai.segmenter import Segmenter
     from infnet_monai.transforms.chain import NETWORK_SIZE, ct_postprocessing, ct_preprocessing
 
-    network = load_network(weights, device, optimize=fast, compile=compile and fast, batch_size=batch_size)
-    pre = ct_preprocessing(slice_crop=fast if slice_crop is None else slice_crop, network_input=not fast)
     if fast:
-        inferer = slice_inferer(batch_size, device)
-    else:  # MONAI's own SliceInferer, as before: MetaTensor slices straight into the network
-        inferer = SliceInferer(roi_size=(NETWORK_SIZE,) * 2, sw_batch_size=batch_size or 8, spatial_dim=2, sw_device=device)
+        segmenter = Segmenter(weights, device=device, batch_size=batch_size, compile=compile,
+                              slice_crop=True if slice_crop is None else slice_crop)
+        return segmenter.network, segmenter.preprocessing, segmenter.postprocessing, segmenter.inferer
+    network = load_network(weights, device, optimize=False)
+    pre = ct_preprocessing(slice_crop=bool(slice_crop), network_input=True)
+    # MONAI's own SliceInferer, as before: MetaTensor slices straight into the network
+    inferer = SliceInferer(roi_size=(NETWORK_SIZE,) * 2, sw_batch_size=batch_size or 8, spatial_dim=2, sw_device=device)
     return network, pre, ct_postprocessing(pre), inferer
 
 

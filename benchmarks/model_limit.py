@@ -58,7 +58,7 @@ from common import (
     use_fresh_package_cache,
 )
 
-from infnet_monai.segment import SegmentOptions, segment_volumes  # noqa: E402
+from infnet_monai.segment_run import SegmentOptions, segment_volumes  # noqa: E402
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> tuple[float, float]:

@@ -59,7 +59,7 @@ def _add_class_arguments(p: argparse.ArgumentParser, patterns_output: str) -> No
 
 
 def _segment(args: argparse.Namespace) -> int:
-    from infnet_monai.segment import SegmentOptions, segment_volumes
+    from infnet_monai.segment_run import SegmentOptions, segment_volumes
 
     opts = SegmentOptions(
         output_dir=args.output_dir,
@@ -81,9 +81,12 @@ def _segment(args: argparse.Namespace) -> int:
         report=args.report,
         classes=args.classes,
         pattern_weights=args.pattern_weights,
+        output_type=args.output_type,
+        num_parts=args.num_parts,
+        part_id=args.part_id,
     )
     failures = segment_volumes(args.inputs, opts)
-    return 1 if failures else 0
+    return min(failures, 100)  # the number of volumes that failed (failures.csv), at most 100
 
 
 def _add_segment(sub: argparse._SubParsersAction) -> None:
@@ -118,8 +121,34 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
                    help="also write <name>_burden.json, <name>_qc.png and a row of burden.csv")
     _add_class_arguments(p, "a labelmap 0 background, 1 ground-glass opacity, 2 consolidation "
                             "(<name>_patterns.nii.gz + <name>_patterns.json naming the labels)")
+    p.add_argument("--num-parts", type=int, default=None, metavar="N",
+                   help="split the sorted inputs into N parts and run one (job arrays; default: torchrun's WORLD_SIZE, "
+                        "else 1); each part writes summary/failures/burden.part-I-of-N.csv, merged by 'summarize'")
+    p.add_argument("--part-id", type=int, default=None, metavar="I",
+                   help="the part to run, 0..N-1 (default: torchrun's RANK, else 0)")
+    p.add_argument("--output-type", choices=["nifti", "dicom-seg", "all"], default="nifti",
+                   help="nifti (default): <name>_seg.nii.gz; dicom-seg: a DICOM SEG <name>_seg.dcm instead (DICOM series "
+                        "input); all: the mask, the SEG and an overlay series <name>_overlay/ for any DICOM viewer")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_segment)
+
+
+def _summarize(args: argparse.Namespace) -> int:
+    from infnet_monai.cohort import summarize, summary_line
+
+    counts = summarize(args.output_dir)
+    print(summary_line(args.output_dir, counts))
+    return 1 if counts["missing"] else 0
+
+
+def _add_summarize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "summarize",
+        help="merge the summary/failures/burden tables of a run split into parts (--num-parts, torchrun) "
+        "into summary.csv, failures.csv and burden.csv",
+    )
+    p.add_argument("output_dir", metavar="OUT_DIR", help="the -o folder of the segment runs")
+    p.set_defaults(func=_summarize)
 def _predict_slices(args: argparse.Namespace) -> int:
     from infnet_monai.predict_slices import predict_slices
 
@@ -160,6 +189,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         tolerance_mm=args.tolerance,
         labels=args.labels,
         resample_label=args.resample_label,
+        dicom_source=args.dicom_source,
         output_file=args.output,
         overwrite=args.overwrite,
     ).run()
@@ -172,8 +202,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         help="score predictions against labels: NIfTI volumes in mm (Dice, ASD, HD95, NSD) or slice "
         "images by the Inf-Net paper's protocol",
     )
-    p.add_argument("--pred", required=True, help="prediction folder (or one file)")
-    p.add_argument("--label", required=True, help="label folder (or one file)")
+    p.add_argument("--pred", required=True, help="prediction folder (or one file; NIfTI or DICOM SEG)")
+    p.add_argument("--label", required=True, help="label folder (or one file; NIfTI or DICOM SEG)")
     p.add_argument(
         "--mode",
         default="volume",
@@ -191,6 +221,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "--resample-label",
         action="store_true",
         help="resample labels onto the prediction grid (nearest) when shape or affine differ",
+    )
+    p.add_argument(
+        "--dicom-source", metavar="FOLDER", default=None,
+        help="for DICOM SEG files (.dcm) among --pred/--label: a folder holding the DICOM series they reference "
+             "(searched below too); the SEG is placed on that series' grid (default: on the grid of the NIfTI it "
+             "is compared with)",
     )
     p.add_argument("-o", "--output", default=None, help="write the report to this .json or .csv file")
     p.add_argument("--overwrite", action="store_true", help="replace the report file if it exists")
@@ -288,6 +324,7 @@ def _add_semi_propagate(sub: argparse._SubParsersAction) -> None:
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_convert_weights,
     _add_segment,
+    _add_summarize,
     _add_predict_slices,
     _add_evaluate,
     _add_report,

@@ -349,6 +349,37 @@ class VolumeResult:
     infected_ml: float
     input_slices: int = 0
 
+    @property
+    def mask(self) -> MetaTensor:
+        """The mask ``(1, X, Y, Z)`` uint8 on the input grid (0/1, or the patterns' 0/1/2)."""
+        return self.item["pred"]
+
+    @property
+    def lung(self) -> MetaTensor | None:
+        """Lung labels ``(1, X, Y, Z)`` on the input grid (1 right, 2 left, 3 rest of the thoracic
+        cavity), None when the mask was not restricted to the lungs."""
+        return self.item.get("lung")
+
+    @property
+    def probabilities(self) -> MetaTensor | None:
+        """Probabilities ``(C, X, Y, Z)`` float32 on the input grid when kept (``keep_prob``)."""
+        return self.item.get("prob")
+
+    def burden(self, case: str = "") -> dict:
+        """The burden report of this result (lung and infection mL per side, percent involved,
+        severity; :func:`~infnet_monai.report.burden.infection_burden`); needs :attr:`lung`."""
+        from infnet_monai.report.burden import infection_burden
+
+        if self.lung is None:
+            raise ValueError("no lung labels: segment with restrict_to_lung=True for a burden report")
+        return infection_burden(self.lung, self.mask, case=case)
+
+    def mask_image(self):
+        """The mask as a ``nibabel.Nifti1Image`` (uint8, the input's affine)."""
+        import nibabel as nib
+
+        return nib.Nifti1Image(np.asarray(self.mask[0].cpu(), np.uint8), np.asarray(self.mask.affine, np.float64))
+
     def summary(self, name: str, labels: dict | None = None) -> str:
         """One line: slices, seconds, infected mL and, for a labelmap (``labels`` with more than
         one class, value -> (name, ...)), the mL of each class."""

@@ -1,5 +1,11 @@
 """What the values of a mask mean: infection (0/1) or infection patterns (0/1/2), with names,
-SNOMED CT codes and display colours, and the sidecar JSON that names them for a viewer."""
+coded concepts and display colours, and the sidecar JSON that names them for a viewer.
+
+Codes (scheme, value, meaning) are DICOM's own from PS3.16 CID 6102/6104 (chest CT findings,
+abnormal opacity): ``(DCM, 112001, Opacity)`` for the infection (ground glass and consolidation
+alike), ``(DCM, 112120, Ground glass opacity)``. Consolidation has no code in those tables; it
+carries a local code of this package (``99INFNET``, the private scheme prefix DICOM reserves) so
+that no wrong standard code is stored. Used by the label sidecar and the DICOM SEG segments."""
 
 from __future__ import annotations
 
@@ -17,15 +23,15 @@ from infnet_monai.utils import atomic_output
 __all__ = ["INFECTION_LABELS", "PATTERN_LABELS", "PATTERN_FOLDERS", "class_folder", "labels_of", "class_names",
            "sidecar_path", "write_label_sidecar", "LabelSidecard"]
 
-# value -> (name, SNOMED CT concept id or None, display colour RGB)
+# value -> (name, coded concept (scheme, value, meaning) or None, display colour RGB)
 INFECTION_LABELS = {
     0: ("background", None, (0, 0, 0)),
-    1: ("infection", "128601007", (255, 0, 0)),  # SNOMED CT: infectious disease of lung
+    1: ("infection", ("DCM", "112001", "Opacity"), (255, 0, 0)),
 }
 PATTERN_LABELS = {
     0: ("background", None, (0, 0, 0)),
-    1: ("ground-glass opacity", "50960005", (255, 200, 0)),
-    2: ("consolidation", "3128005", (220, 30, 30)),
+    1: ("ground-glass opacity", ("DCM", "112120", "Ground glass opacity"), (255, 200, 0)),
+    2: ("consolidation", ("99INFNET", "consolidation", "Consolidation"), (220, 30, 30)),
 }
 
 # the folder of each class's slice maps (``infnet-monai predict-slices --classes patterns``)
@@ -59,12 +65,12 @@ def sidecar_path(mask_path: str | os.PathLike) -> Path:
 
 
 def write_label_sidecar(mask_path: str | os.PathLike, classes: str, overwrite: bool = True) -> Path:
-    """:func:`sidecar_path` of the mask: ``{"labels": [{"value", "name", "snomed_ct", "color"},
-    ...]}`` (atomic). Returns its path."""
+    """:func:`sidecar_path` of the mask: ``{"labels": [{"value", "name", "code": [scheme, value,
+    meaning] or null, "color"}, ...]}`` (atomic). Returns its path."""
     mask_path = Path(mask_path)
     path = sidecar_path(mask_path)
     table = [
-        {"value": value, "name": name, "snomed_ct": code, "color": list(colour)}
+        {"value": value, "name": name, "code": list(code) if code else None, "color": list(colour)}
         for value, (name, code, colour) in labels_of(classes).items()
     ]
     with atomic_output(path, overwrite=overwrite) as tmp:

@@ -288,13 +288,15 @@ def _config_problems(parser: ConfigParser) -> list[str]:
 
 @pytest.mark.parametrize("name", CONFIG_NAMES)
 def test_config_references_targets_and_expressions(name):
-    """Each config stands alone or, like ``multi_gpu_train.json``, as an overlay of ``train.json``."""
+    """Each config stands alone or, like ``multi_gpu_train.json``, as an overlay of ``train.json``
+    (``multi_gpu_inference.json``: of ``inference.json``)."""
     try:
         problems = _config_problems(_parser(CONFIGS_DIR / name))
     except KeyError as e:  # an overlay sets nested ids (``train#...``) of a config it extends
         problems = [f"does not load alone: {e}"]
-    if problems and TRAIN_FILE.exists() and name != TRAIN_FILE.name:
-        problems = _config_problems(_parser(TRAIN_FILE, CONFIGS_DIR / name))
+    base = INFERENCE_FILE if "inference" in name else TRAIN_FILE
+    if problems and base.exists() and name != base.name:
+        problems = _config_problems(_parser(base, CONFIGS_DIR / name))
     assert problems == []
 
 
@@ -365,7 +367,7 @@ def test_evaluate_config_resolves_every_id(tmp_path):
     assert isinstance(evaluator, FolderEvaluation)
     assert (evaluator.pred_dir, evaluator.label_dir) == (str(pred), str(label))
     assert evaluator.options == {
-        "mode": "volume", "tolerance_mm": 3.0, "labels": None, "resample_label": False,
+        "mode": "volume", "tolerance_mm": 3.0, "labels": None, "resample_label": False, "dicom_source": None,
         "output_file": f"{tmp_path}/evaluation/metrics.json", "overwrite": True,
     }
     assert parser["run"] == ["$@evaluator.run()"]
@@ -388,6 +390,45 @@ def test_inference_workflow_has_every_property(ct_dir, tmp_path, tmp_path_factor
     assert workflow.version == meta["version"] and workflow.monai_version == meta["monai_version"]
     assert workflow.channel_def == {"0": "background", "1": "infection"}
     assert workflow.spatial_shape == [network_size(), network_size()]
+
+
+def test_multi_gpu_inference_workflow_has_every_property(ct_dir, tmp_path, tmp_path_factory, monkeypatch):
+    """The torchrun overlay in a one-process gloo group: every property, the rank's sampler, the
+    ledger handler, the volumes already done left out."""
+    import socket
+
+    import torch.distributed as dist
+
+    from infnet_monai.cohort import LedgerHandler
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1",
+                       "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(key, value)
+    weights = shared_random_weights(tmp_path_factory)
+    workflow = ConfigWorkflow(
+        config_file=[str(INFERENCE_FILE), str(CONFIGS_DIR / "multi_gpu_inference.json")], meta_file=str(META_FILE),
+        logging_file=False, workflow_type="infer", dataset_dir=str(ct_dir), ckpt_path=str(weights),
+        output_dir=str(tmp_path / "out"),
+    )
+    try:
+        workflow.initialize()
+        assert dist.is_initialized() and dist.get_backend() == "gloo"
+        assert workflow.check_properties() == []
+        assert list(workflow.parser.get_parsed_content("sampler")) == [0] and len(workflow.dataset) == 1
+        assert any(isinstance(h, LedgerHandler) for h in workflow.parser.get_parsed_content("evaluator#val_handlers"))
+    finally:
+        workflow.finalize()
+    assert not dist.is_initialized()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "phantom_seg.nii.gz").write_bytes(b"")
+    parser = _parser(INFERENCE_FILE, CONFIGS_DIR / "multi_gpu_inference.json", dataset_dir=str(ct_dir),
+                     output_dir=str(tmp_path / "out"))
+    assert parser.get_parsed_content("datalist") == []  # done before: not run again
+    parser["skip_existing"] = False
+    assert len(parser.get_parsed_content("datalist", lazy=False)) == 1
 
 
 @pytest.mark.skipif(not TRAIN_FILE.exists(), reason="configs/train.json is not in this checkout yet")

@@ -31,7 +31,7 @@ from infnet_monai.networks.fuse import fold_batchnorm
 from infnet_monai.networks import packaged
 from infnet_monai.networks.optimize import optimize_for_inference
 from infnet_monai.networks.packaged import PackagedNetwork, package_path, packaged_network
-from infnet_monai.segment import SegmentOptions, segment_volumes
+from infnet_monai.segment_run import SegmentOptions, segment_volumes
 from infnet_monai.transforms.chain import (
     ct_postprocessing,
     ct_preprocessing,
@@ -259,7 +259,7 @@ def test_segment_with_and_without_prefetch_writes_the_same_masks(weights, tmp_pa
         opts = SegmentOptions(output_dir=tmp_path / str(prefetch), weights=str(weights), device="cpu",
                               prefetch=prefetch, progress=False)
         assert segment_volumes([str(src / "*.nii.gz")], opts) == 1  # the broken file
-        outputs[prefetch] = {p.name: np.asarray(nib.load(str(p)).dataobj) for p in opts.output_dir.iterdir()}
+        outputs[prefetch] = {p.name: np.asarray(nib.load(str(p)).dataobj) for p in opts.output_dir.glob("*_seg.nii.gz")}
     assert sorted(outputs[True]) == ["case1_seg.nii.gz", "case2_seg.nii.gz"]
     for name, mask in outputs[False].items():
         np.testing.assert_array_equal(outputs[True][name], mask)
@@ -454,7 +454,7 @@ def test_dicom_series_slices_estimated_from_the_file_count(dicom_series_dir):
 
 
 def test_segment_compiles_only_when_it_pays_off(weights, tmp_path, monkeypatch):  # noqa: F811
-    import infnet_monai.segment as segment
+    import infnet_monai.segmenter as segmenter
 
     asked = []
 
@@ -462,7 +462,7 @@ def test_segment_compiles_only_when_it_pays_off(weights, tmp_path, monkeypatch):
         asked.append(compile)
         return load_network(*args, **kwargs)
 
-    monkeypatch.setattr(segment, "load_network", recording_load_network)
+    monkeypatch.setattr(segmenter, "load_network", recording_load_network)
     _phantom_with_lung_free_slices(tmp_path / "case.nii.gz", seed=1)
     for choice in (None, False):
         opts = SegmentOptions(output_dir=tmp_path / f"out_{choice}", weights=str(weights), device="cpu",
@@ -482,7 +482,7 @@ def test_segment_compiles_only_when_it_pays_off(weights, tmp_path, monkeypatch):
 def test_segment_builds_the_package_once_and_writes_the_eager_masks(weights, tmp_path, monkeypatch):  # noqa: F811
     if not shutil.which("c++") and not shutil.which("g++"):
         pytest.skip("no C++ compiler: compiled packages cannot be built here")
-    import infnet_monai.segment as segment
+    import infnet_monai.segmenter as segmenter
 
     monkeypatch.setenv(packaged.CACHE_ENV, str(tmp_path / "cache"))
     path, _ = _phantom_with_lung_free_slices(tmp_path / "case.nii.gz", seed=3)
@@ -492,7 +492,7 @@ def test_segment_builds_the_package_once_and_writes_the_eager_masks(weights, tmp
         loaded.append(load_network(*args, **kwargs))
         return loaded[-1]
 
-    monkeypatch.setattr(segment, "load_network", recording_load_network)
+    monkeypatch.setattr(segmenter, "load_network", recording_load_network)
     masks = {}
     for run, choice in (("eager", False), ("build", True), ("auto", None)):
         opts = SegmentOptions(output_dir=tmp_path / run, weights=str(weights), device="cpu", compile=choice, progress=False,

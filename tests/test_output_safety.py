@@ -123,7 +123,7 @@ def test_tcia_style_series_folders_each_get_their_own_mask(weights, tmp_path, ca
     out = tmp_path / "o"
     args = ["segment", str(root / "*" / "*" / "*"), "-o", str(out), "--weights", str(weights), "-q"]
     assert main(args) == 0
-    assert _files(out) == sorted(f"{n}_seg.nii.gz" for n in TCIA_NAMES[:2])
+    assert _files(out) == sorted(f"{n}_seg.nii.gz" for n in TCIA_NAMES[:2]) + ["summary.csv"]
     printed = capsys.readouterr().out
     assert all(f"{n}: " in printed for n in TCIA_NAMES[:2])
     first = nib.load(str(out / f"{TCIA_NAMES[0]}_seg.nii.gz"))
@@ -143,7 +143,7 @@ def test_tcia_style_series_folders_each_get_their_own_mask(weights, tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "2 series folder(s) below it" in err and f"'{root}/**/'" in err
     assert main(["segment", f"{root}/**/", "-o", str(tmp_path / "o2"), "--weights", str(weights), "-q"]) == 0
-    assert len(_files(tmp_path / "o2")) == 2
+    assert len(_files(tmp_path / "o2")) == 3  # the masks and summary.csv
 
 
 # ------------------------------------------------------------------------------------------------
@@ -202,10 +202,15 @@ def test_write_error_is_one_line_and_leaves_no_partial_file(weights, tmp_path, c
     out = tmp_path / "o"
     rc = main(["segment", str(src), "-o", str(out), "--weights", str(weights), "-q"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 1
-    assert err[0] == f"error: {out / 'c0_seg.nii.gz'}: cannot write the output (No space left on device); free disk space or choose another -o"
+    assert rc == 2  # both volumes failed
+    line = f"{out / 'c0_seg.nii.gz'}: cannot write the output (No space left on device); free disk space or choose another -o"
+    assert err[0] == f"error: {line}"
     assert err[1] == "error: 1 more volume(s) not segmented after the write error" and len(err) == 2
-    assert _files(out) == []
+    assert _files(out) == ["failures.csv"]  # no partial mask; the failure is listed
+    assert (out / "failures.csv").read_text().splitlines() == [
+        "input,error", f"{src / 'c0.nii.gz'},{line}",
+        f"{src / 'c1.nii.gz'},{src / 'c1.nii.gz'}: not segmented after the write error on {out / 'c0_seg.nii.gz'}",
+    ]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -301,7 +306,8 @@ def test_no_lung_found_is_a_warning_and_the_exit_status(weights, tmp_path, capsy
         err = capsys.readouterr().err.strip()
         assert rc == 1 and err.startswith("warning: ") and "abdomen.nii.gz: no lung found" in err
         assert "nothing was written" in err and len(err.splitlines()) == 1
-        assert not (tmp_path / "o").exists()  # the folder the run made is not left behind empty
+        assert _files(tmp_path / "o") == ["failures.csv"]  # no output of the volume; the run's failure table
+        assert "abdomen.nii.gz: no lung found" in (tmp_path / "o" / "failures.csv").read_text()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -371,7 +377,7 @@ def test_partial_or_blocked_outputs_are_not_taken_as_done(weights, tmp_path, cap
     # --series names only folders' series: a NIfTI keeps its name and its existing mask
     assert main(base + ["--series", "1.2.3"]) == 0
     assert "exists, kept" in capsys.readouterr().err and (out / "ct_seg.nii.gz").stat().st_mtime_ns == stamp
-    assert _files(out) == ["ct_seg.nii.gz"]
+    assert _files(out) == ["ct_seg.nii.gz", "failures.csv", "summary.csv"]
     # a folder where the mask goes
     (out / "ct_seg.nii.gz").unlink()
     (out / "ct_seg.nii.gz").mkdir()

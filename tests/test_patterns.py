@@ -98,7 +98,8 @@ def test_label_sidecar_names_every_value(tmp_path):
     assert path.name == "2.000000-5mm_patterns.json"
     table = json.loads(path.read_text())["labels"]
     assert [(e["value"], e["name"]) for e in table] == [(v, PATTERN_LABELS[v][0]) for v in (0, 1, 2)]
-    assert table[1]["snomed_ct"] == "50960005" and table[2]["snomed_ct"] == "3128005"
+    assert table[1]["code"] == ["DCM", "112120", "Ground glass opacity"] and table[2]["code"][0] == "99INFNET"
+    assert table[0]["code"] is None
 
 
 def _random_unet_and_phantom(tmp_path, name: str, seed: int):
@@ -125,7 +126,7 @@ def test_segment_patterns_writes_labelmap_sidecar_and_burden(weights, tmp_path, 
     assert rc == 0
     assert sorted(p.name for p in out.iterdir()) == [
         "burden_patterns.csv", "case.v1_patterns.json", "case.v1_patterns.nii.gz",
-        "case.v1_patterns_burden.json", "case.v1_patterns_qc.png",
+        "case.v1_patterns_burden.json", "case.v1_patterns_qc.png", "summary.csv",
     ]
     labels = nib.load(str(out / "case.v1_patterns.nii.gz"))
     values = np.asarray(labels.dataobj)

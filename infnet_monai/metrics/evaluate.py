@@ -4,6 +4,9 @@ Two modes:
 
 - ``volume``: NIfTI masks (``.nii``/``.nii.gz``) loaded with MONAI ``LoadImage`` (nibabel), scored
   in millimetres by :mod:`infnet_monai.metrics.volume` (binary, or per class with ``labels``).
+  DICOM SEG files (``.dcm``, segment numbers as label values) are accepted on either side: placed
+  on the grid of the series they reference, found in ``dicom_source``, or else on the grid of
+  the NIfTI on the other side (:func:`infnet_monai.dicom.seg.load_seg`).
 - ``slices``: PNG/JPEG slice images scored by the paper's toolbox protocol
   (:mod:`infnet_monai.metrics.slices`).
 
@@ -28,6 +31,7 @@ import numpy as np
 import torch
 from monai.transforms import LoadImage
 
+from infnet_monai.dicom.seg import is_seg_file
 from infnet_monai.labels import class_folder
 from infnet_monai.metrics.slices import (
     SLICE_EMPTY_POLICY,
@@ -104,6 +108,8 @@ def _index_files(folder: Path, mode: str, prediction: bool) -> dict[str, Path]:
     index: dict[str, Path] = {}
     for path in files:
         key = case_name(path, mode, prediction)
+        if key is None and mode == "volume" and path.suffix.lower() == ".dcm" and is_seg_file(path):
+            key = case_name(path.with_suffix(".nii"), mode, prediction)  # a DICOM SEG: named as a NIfTI
         if key is None:
             continue
         if key in index:
@@ -114,7 +120,8 @@ def _index_files(folder: Path, mode: str, prediction: bool) -> dict[str, Path]:
         hint = f"; for {', '.join(_suffixes(other))} files pass --mode {other}" if any(
             case_name(p, other, prediction) for p in files
         ) else ""
-        raise ValueError(f"{folder}: no {', '.join(_suffixes(mode))} files found{hint}")
+        seg = " or DICOM SEG .dcm" if mode == "volume" else ""
+        raise ValueError(f"{folder}: no {', '.join(_suffixes(mode))}{seg} files found{hint}")
     return index
 
 
@@ -159,6 +166,20 @@ def _load_volume(path: Path, loader: LoadImage):
     return image
 
 
+def _load_pair(pred_file: Path, label_file: Path, loader: LoadImage, dicom_source=None):
+    """Prediction and label volumes; a DICOM SEG on its source series' grid (``dicom_source``),
+    else on the other side's."""
+    from infnet_monai.dicom.seg import load_seg
+
+    pred = None if is_seg_file(pred_file) else _load_volume(pred_file, loader)
+    label = None if is_seg_file(label_file) else _load_volume(label_file, loader)
+    if pred is None:
+        pred = load_seg(pred_file, label, dicom_source)
+    if label is None:
+        label = load_seg(label_file, pred, dicom_source)
+    return pred, label
+
+
 def _check_values(image, path: Path, labels: Sequence[int] | None, role: str) -> None:
     values = torch.unique(image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image))
     shown = ", ".join(f"{v:g}" for v in values[:6].tolist()) + (", ..." if values.numel() > 6 else "")
@@ -179,8 +200,10 @@ def evaluate_volumes(
     labels: Sequence[int] | None = None,
     tolerance_mm: float = DEFAULT_TOLERANCE_MM,
     resample_label: bool = False,
+    dicom_source: str | os.PathLike | None = None,
 ) -> dict:
-    """Score NIfTI pairs; ``labels=None`` means binary masks in {0, 1} (class 1)."""
+    """Score NIfTI (or DICOM SEG) pairs; ``labels=None`` means binary masks in {0, 1} (class 1).
+    ``dicom_source``: a folder holding the series the SEG files reference (see the module docstring)."""
     loader = LoadImage(reader="NibabelReader", image_only=True)
     classes = [1] if labels is None else [int(c) for c in labels]
     if not (math.isfinite(tolerance_mm) and tolerance_mm >= 0):
@@ -189,8 +212,7 @@ def evaluate_volumes(
         raise ValueError(f"--labels must list foreground class values (not 0), got {list(labels)}")
     cases, per_class = [], {c: [] for c in classes}
     for case, pred_file, label_file in pairs:
-        pred = _load_volume(pred_file, loader)
-        label = _load_volume(label_file, loader)
+        pred, label = _load_pair(pred_file, label_file, loader, dicom_source)
         _check_values(label, label_file, labels, "label")
         _check_values(pred, pred_file, labels, "prediction")
         matched = match_label_grid(pred, label, resample_label, str(pred_file), str(label_file))
@@ -377,6 +399,7 @@ def evaluate_folders(
     resample_label: bool = False,
     output_file: str | os.PathLike | None = None,
     overwrite: bool = False,
+    dicom_source: str | os.PathLike | None = None,
 ) -> dict:
     """Pair, score and (optionally) write a report; returns the report dict.
 
@@ -391,6 +414,9 @@ def evaluate_folders(
         resample_label: resample labels onto the prediction grid (nearest) when grids differ.
         output_file: ``.json`` or ``.csv`` report path; None writes nothing.
         overwrite: replace an existing ``output_file``.
+        dicom_source: volume mode: a folder holding the DICOM series that SEG files among ``pred``
+            and ``label`` reference (searched below too); None: a SEG is placed on the grid of the
+            NIfTI it is compared with.
     """
     if output_file is not None:
         _output_format(output_file)
@@ -398,9 +424,12 @@ def evaluate_folders(
             raise FileExistsError(f"{output_file}: output exists; pass --overwrite to replace it")
     if mode == "slices" and resample_label:
         raise ValueError("--resample-label applies to --mode volume only")
+    if mode == "slices" and dicom_source is not None:
+        raise ValueError("--dicom-source applies to --mode volume only")
     if mode == "volume":
         pairs = pair_files(pred, label, mode)
-        report = evaluate_volumes(pairs, labels=labels, tolerance_mm=tolerance_mm, resample_label=resample_label)
+        report = evaluate_volumes(pairs, labels=labels, tolerance_mm=tolerance_mm, resample_label=resample_label,
+                                  dicom_source=dicom_source)
     elif labels is None:
         report = evaluate_slices(pair_files(pred, label, mode))
     else:  # one map folder per class (infnet-monai predict-slices --classes patterns), class-index labels
@@ -421,7 +450,7 @@ class FolderEvaluation:
     """Callable evaluation for configs: ``FolderEvaluation(pred_dir, label_dir, **options).run()``.
 
     ``options`` are the keyword arguments of :func:`evaluate_folders` (``mode``, ``tolerance_mm``,
-    ``labels``, ``resample_label``, ``output_file``, ``overwrite``), checked here. The bundle's
+    ``labels``, ``resample_label``, ``output_file``, ``overwrite``, ``dicom_source``), checked here. The bundle's
     ``configs/evaluate.json`` and the ``infnet-monai evaluate`` command both run through this
     class; ``run`` returns the report and prints its table unless ``print_table=False``.
     """

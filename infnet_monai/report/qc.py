@@ -22,6 +22,8 @@ from infnet_monai.utils.geometry import affine_of, axial_axis, slice_z_mm, voxel
 
 __all__ = [
     "INFECTION_RGB",
+    "LUNG_WINDOW",
+    "window_uint8",
     "RIGHT_LUNG_RGB",
     "LEFT_LUNG_RGB",
     "Tile",
@@ -36,6 +38,7 @@ INFECTION_RGB = (255, 0, 0)
 RIGHT_LUNG_RGB = (0, 255, 0)
 LEFT_LUNG_RGB = (0, 128, 255)
 TEXT_RGB = (255, 255, 255)
+LUNG_WINDOW = (1500.0, -600.0)  # (width, level) HU: -1350..150, in the QC montage and the DICOM overlays
 _COLOUR_NAMES = {(255, 200, 0): "yellow", (220, 30, 30): "red", (255, 0, 0): "red"}
 
 
@@ -102,7 +105,8 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def _window(view: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+def window_uint8(view: np.ndarray, window: tuple[float, float] = LUNG_WINDOW) -> np.ndarray:
+    """HU values mapped to uint8 gray through ``window`` = (width, level) HU (clipped)."""
     width, level = window
     return (np.clip((view - (level - width / 2)) / width, 0, 1) * 255).astype(np.uint8)
 
@@ -127,7 +131,7 @@ def qc_montage(
     n_slices: int = 12,
     columns: int = 4,
     tile_px: int = 256,
-    window: tuple[float, float] = (1500.0, -600.0),
+    window: tuple[float, float] = LUNG_WINDOW,
     alpha: float = 0.45,
     class_colours: dict[int, tuple[str, tuple[int, int, int]]] | None = None,
 ) -> tuple[Image.Image, QCLayout]:
@@ -173,7 +177,7 @@ def qc_montage(
 
     layout = QCLayout(header_px=header_px)
     for n, k in enumerate(picks):
-        gray = Image.fromarray(_window(radiological_slice(ct, affine, k)[0], window)).resize(size, Image.BILINEAR)
+        gray = Image.fromarray(window_uint8(radiological_slice(ct, affine, k)[0], window)).resize(size, Image.BILINEAR)
         rgb = np.repeat(np.asarray(gray, dtype=np.float32)[..., None], 3, axis=-1)
         if inf is not None:
             view = _resize_mask(radiological_slice(inf, affine, k)[0], size)

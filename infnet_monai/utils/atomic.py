@@ -1,5 +1,5 @@
-"""Safe file output: write to a temporary sibling, then rename over the target; check an output
-folder before any work; remove the temporaries a killed run left behind."""
+"""Safe file output: write to a temporary sibling (file or folder), then rename over the target;
+check an output folder before any work; remove the temporaries a killed run left behind."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_output", "prepare_output_dir", "remove_stale_temporaries", "OutputDirError"]
+__all__ = ["atomic_output", "atomic_folder", "prepare_output_dir", "remove_stale_temporaries", "OutputDirError"]
 
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:32] or "host"
 # .<target name>.<host>.<pid>.<8 random characters of mkstemp>.infnet-tmp<suffix>
@@ -62,6 +62,46 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = True) -> Iterator[P
             tmp_path.unlink()
 
 
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary folder next to ``path``; on success it becomes the folder ``path``.
+
+    A folder already at ``path`` is renamed aside just before and removed just after, so readers
+    see the old or the new folder whole. On any exception the temporary folder is removed and
+    ``path`` is left untouched. The temporary is named as :func:`atomic_output`'s, so
+    :func:`remove_stale_temporaries` removes a killed run's. ``overwrite=False`` raises
+    ``FileExistsError`` if ``path`` exists.
+    """
+    path = Path(path)
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise FileExistsError(f"{path}: output exists; pass --overwrite to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def temporary() -> Path:
+        return Path(tempfile.mkdtemp(prefix=f".{path.name}.{_HOST}.{os.getpid()}.", suffix=_MARKER, dir=path.parent))
+
+    tmp, old = temporary(), None
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        if path.is_dir() and not path.is_symlink():
+            old = temporary()
+            os.replace(path, old)  # onto the empty temporary folder
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if old is not None:
+                os.replace(old, path)
+                old = None
+            raise
+    finally:
+        for leftover in (tmp, old):
+            if leftover is not None and leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -79,10 +119,14 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     with contextlib.suppress(FileNotFoundError):
         for entry in Path(folder).iterdir():
             match = _TEMPORARY.match(entry.name)
-            if match and match["host"] == _HOST and not _alive(int(match["pid"])) and entry.is_file():
+            if match and match["host"] == _HOST and not _alive(int(match["pid"])):
                 with contextlib.suppress(FileNotFoundError):
-                    entry.unlink()
-                    removed.append(entry)
+                    if entry.is_dir() and not entry.is_symlink():  # an atomic_folder's
+                        shutil.rmtree(entry)
+                        removed.append(entry)
+                    elif entry.is_file():
+                        entry.unlink()
+                        removed.append(entry)
     return removed
 
 

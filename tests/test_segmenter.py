@@ -1,0 +1,81 @@
+"""The Python API: ``infnet_monai.segment`` and ``Segmenter`` in memory, equal to the CLI's files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+import infnet_monai
+from infnet_monai.cli import main
+from infnet_monai.segmenter import Segmenter
+from infnet_monai.transforms.io import CTInputError
+
+from conftest import REPO_ROOT
+from phantoms import affine_for, chest_phantom, save_nifti
+from test_segment_cli import weights  # noqa: F401 - the module's random-weights fixture
+
+SPACING = (2.4, 2.4, 6.0)
+
+
+@pytest.fixture()
+def phantom(tmp_path):
+    path = tmp_path / "in" / "case.v2.nii.gz"
+    path.parent.mkdir()
+    save_nifti(path, chest_phantom((120, 128, 4), SPACING, seed=3), affine_for(SPACING, "LPS"))
+    return path
+
+
+def test_import_is_light_and_lazy():
+    code = "import sys, infnet_monai; print('monai' in sys.modules, 'torch' in sys.modules, callable(infnet_monai.segment))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True).stdout
+    assert out.split() == ["False", "False", "True"]
+
+
+@pytest.mark.slow
+def test_path_nibabel_and_metatensor_inputs_give_the_cli_mask(weights, phantom, tmp_path):  # noqa: F811
+    before = sorted(p.name for p in phantom.parent.iterdir())
+    segmenter = Segmenter(weights, device="cpu", keep_prob=True)
+    from_path = segmenter.segment(phantom)
+    image = nib.load(str(phantom))
+    from_nibabel = segmenter(image)
+    tensor = MetaTensor(torch.as_tensor(np.asarray(image.dataobj, np.float32)), affine=torch.as_tensor(image.affine))
+    from_tensor = segmenter(tensor)
+    assert sorted(p.name for p in phantom.parent.iterdir()) == before  # nothing written
+    for result in (from_path, from_nibabel, from_tensor):
+        assert tuple(result.mask.shape) == (1, 120, 128, 4) and result.mask.dtype == torch.uint8
+        np.testing.assert_allclose(result.mask.affine.numpy(), image.affine, atol=1e-6)
+        assert torch.equal(result.mask.as_tensor(), from_path.mask.as_tensor())
+        assert tuple(result.probabilities.shape) == (1, 120, 128, 4) and tuple(result.lung.shape) == (1, 120, 128, 4)
+    assert 0 < int(from_path.mask.sum()) < from_path.mask.numel()
+    # the CLI writes the same mask
+    assert main(["segment", str(phantom), "-o", str(tmp_path / "o"), "--weights", str(weights), "-q", "--device", "cpu"]) == 0
+    written = nib.load(str(tmp_path / "o" / "case.v2_seg.nii.gz"))
+    np.testing.assert_array_equal(np.asarray(written.dataobj), from_path.mask[0].numpy())
+    np.testing.assert_allclose(written.affine, from_path.mask_image().affine, atol=1e-6)
+    # the burden figures of the result, from its lung labels on the input grid
+    burden = from_path.burden("case")
+    voxel_ml = float(np.prod(SPACING)) / 1000.0
+    lungs = int(((from_path.lung == 1) | (from_path.lung == 2)).sum())
+    # the lungs' labels plus the infection attached to them (the burden's counting rule)
+    assert lungs * voxel_ml <= burden["lung_ml"]["total"] <= lungs * voxel_ml + from_path.infected_ml + 1e-6
+    assert 0 < burden["infection_ml"]["total"] <= from_path.infected_ml + 1e-6
+    # the convenience function: a Segmenter made for one call
+    assert torch.equal(infnet_monai.segment(phantom, weights=weights, device="cpu").mask.as_tensor(), from_path.mask.as_tensor())
+
+
+@pytest.mark.slow
+def test_in_memory_input_that_is_not_a_ct_is_refused(weights):  # noqa: F811
+    segmenter = Segmenter(weights, device="cpu")
+    labels = MetaTensor(torch.randint(0, 3, (32, 32, 4)).float(), affine=torch.eye(4))
+    with pytest.raises(CTInputError, match="the image in memory: holds only 3 distinct value"):
+        segmenter(labels)
+    with pytest.raises(ValueError, match=r"expected a CT volume \(X, Y, Z\) or \(1, X, Y, Z\)"):
+        segmenter(MetaTensor(torch.zeros(2, 8, 8, 4)))
+    with pytest.raises(TypeError, match="expected a path, a nibabel image or a MetaTensor"):
+        segmenter(np.zeros((8, 8, 4)))
