@@ -79,3 +79,26 @@ def test_in_memory_input_that_is_not_a_ct_is_refused(weights):  # noqa: F811
         segmenter(MetaTensor(torch.zeros(2, 8, 8, 4)))
     with pytest.raises(TypeError, match="expected a path, a nibabel image or a MetaTensor"):
         segmenter(np.zeros((8, 8, 4)))
+
+
+@pytest.mark.slow
+def test_lung_labels_are_exact_and_the_report_measures_the_same_lungs(weights, phantom, tmp_path):  # noqa: F811
+    """The lung labels of a run are computed on the input grid (no resize round trip): they equal
+    ``ct_lung_labels`` of the CT, and ``report`` on the written mask gives the run's burden."""
+    import json
+
+    from infnet_monai.report.run import load_volume
+    from infnet_monai.transforms import LoadCT
+    from infnet_monai.transforms.chain import ct_lung_labels
+
+    result = Segmenter(weights, device="cpu").segment(phantom)
+    ct = LoadCT(image_only=True, ensure_channel_first=True)(str(phantom))
+    expected = ct_lung_labels(ct)
+    assert torch.equal(result.lung.as_tensor(), expected.as_tensor()) and set(np.unique(expected.numpy())) >= {1, 2}
+    np.testing.assert_allclose(result.lung.affine.numpy(), ct.affine.numpy())
+    assert main(["segment", str(phantom), "-o", str(tmp_path / "s"), "--weights", str(weights), "-q", "--report"]) == 0
+    assert main(["report", "--image", str(phantom), "--mask", str(tmp_path / "s" / "case.v2_seg.nii.gz"),
+                 "-o", str(tmp_path / "r")]) == 0
+    run, report = (json.loads((tmp_path / d / "case.v2_burden.json").read_text()) for d in ("s", "r"))
+    assert run["lung_ml"] == report["lung_ml"] and run["percent_involved"] == report["percent_involved"]
+    assert load_volume(tmp_path / "s" / "case.v2_seg.nii.gz", check_hu=False).shape == (1, 120, 128, 4)

@@ -13,7 +13,7 @@ from infnet_monai.naming import case_name
 from infnet_monai.report.burden import infection_burden, update_report_csv, write_report_json
 from infnet_monai.report.qc import burden_lines, write_qc_png
 from infnet_monai.transforms.io import LoadCT
-from infnet_monai.transforms.lung import LungMask
+from infnet_monai.transforms.chain import ct_lung_labels
 from infnet_monai.utils.geometry import RAS_LABELS, affine_of, check_same_geometry
 
 __all__ = ["load_volume", "make_report", "report_volumes"]
@@ -39,7 +39,8 @@ def make_report(
 ) -> dict[str, Any]:
     """Write ``<case>_burden.json`` and ``<case>_qc.png`` into ``out_dir`` and the case's row into
     ``csv_path`` (default ``out_dir/burden.csv``). Without ``lung_mask`` the lungs come from
-    :class:`LungMask`. Returns the report with the written paths under ``"outputs"``."""
+    :func:`~infnet_monai.transforms.chain.ct_lung_labels` (the lungs a segmentation run measures).
+    Returns the report with the written paths under ``"outputs"``."""
     case = case or case_name(image)
     out_dir = Path(out_dir)
     json_path, png_path = out_dir / f"{case}_burden.json", out_dir / f"{case}_qc.png"
@@ -81,7 +82,7 @@ def report_volumes(
     json_path, png_path = out_dir / f"{case}_burden.json", out_dir / f"{case}_qc.png"
     csv_path = Path(csv_path) if csv_path is not None else out_dir / "burden.csv"
     if lung is None:
-        lung = LungMask()(ct)
+        lung = ct_lung_labels(ct)
     report = infection_burden(lung, infection, affine=affine_of(ct), case=case, class_names=names)
     write_report_json(report, json_path, overwrite=overwrite)
     write_qc_png(png_path, ct, infection, lung, title=f"case {case}", lines=burden_lines(report),

@@ -15,7 +15,8 @@ CT volume → network (:func:`ct_preprocessing`)::
 Network output → mask in the input geometry (:func:`ct_postprocessing`)::
 
     sigmoid → Invertd (probabilities interpolated back through resize, crop and orientation)
-    → threshold (0.5) to uint8 → ∩ dilated lung mask (optional)
+    → threshold (0.5) to uint8 → ∩ dilated lung mask (optional; the lung labels are computed
+    once on the input grid, only oriented, and oriented back exactly: :class:`UndoOrientationd`)
 
 Every spatial step is a MONAI invertible transform recorded on the MetaTensor, so ``Invertd``
 restores the input's exact shape and affine.
@@ -31,7 +32,6 @@ from monai.data import MetaTensor
 from monai.transforms import (
     Activationsd,
     AsDiscreted,
-    CastToTyped,
     Compose,
     CopyItemsd,
     CropForegroundd,
@@ -41,6 +41,7 @@ from monai.transforms import (
     MapTransform,
     NormalizeIntensity,
     NormalizeIntensityd,
+    Orientation,
     Orientationd,
     RepeatChannel,
     RepeatChanneld,
@@ -51,7 +52,7 @@ from monai.transforms import (
 from infnet_monai.shipped import network_size
 
 from .io import LoadCTd
-from .lung import LungMaskd, LungRegion, RestrictToLungd
+from .lung import LungMask, LungMaskd, LungRegion, RestrictToLungd
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -64,6 +65,8 @@ __all__ = [
     "network_input_batch",
     "ct_preprocessing",
     "ct_postprocessing",
+    "UndoOrientationd",
+    "ct_lung_labels",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -141,8 +144,9 @@ def ct_preprocessing(
         spatial_size: in-plane size of the network input (multiple of 32); None: the shipped
             model's (:func:`infnet_monai.shipped.network_size`).
         series_uid: DICOM series to read when a folder holds several.
-        keep_lung_mask: keep the lung mask (input grid, oriented) under ``lung_key`` for
-            restricting the infection mask and for reports; otherwise it is dropped after the crop.
+        keep_lung_mask: keep the lung labels (uint8, the input grid oriented, never cropped or
+            resized) under ``lung_key`` for restricting the infection mask and for reports;
+            otherwise they are dropped after the crop.
         load: include the loader (False when the caller provides loaded MetaTensors).
         network_input: end with the 3-channel ImageNet-normalised network input; False stops at
             the [0, 1] single channel ``(1, S, S, Z)``, a third of the memory, and
@@ -173,9 +177,9 @@ def ct_preprocessing(
     use_lung = lung_crop or slice_crop or keep_lung_mask
     if use_lung:
         xforms.append(LungMaskd(keys=image_key, lung_key=lung_key))
-    # the lung mask follows the image through crop and resize (nearest), so that Invertd can
-    # bring it back to the input grid with the prediction
-    nearest_keys = label_keys + ([lung_key] if keep_lung_mask else [])
+    # the lung labels stay on the oriented input grid (the crop reads them, nothing resizes them):
+    # the postprocessing undoes the orientation alone, exactly (UndoOrientationd)
+    nearest_keys = label_keys
     if lung_crop or slice_crop:
         xforms.append(
             CropForegroundd(
@@ -220,16 +224,12 @@ def ct_postprocessing(
     if classes not in CLASS_CHOICES:
         raise ValueError(f"classes must be one of {', '.join(CLASS_CHOICES)}, got {classes!r}")
     patterns = classes == "patterns"
-    inverted = [pred_key] + ([lung_key] if restrict_to_lung else [])
     xforms: list = [
         Activationsd(keys=pred_key, softmax=patterns, sigmoid=not patterns),
-        Invertd(
-            keys=inverted, transform=preprocessing, orig_keys=image_key,
-            nearest_interp=[False] + [True] * (len(inverted) - 1), to_tensor=True,
-        ),
+        Invertd(keys=pred_key, transform=preprocessing, orig_keys=image_key, nearest_interp=False, to_tensor=True),
     ]
-    if restrict_to_lung:  # labels 0-2 come back as float32; a quarter of the memory as uint8
-        xforms.append(CastToTyped(keys=lung_key, dtype=torch.uint8))
+    if restrict_to_lung:  # the lung labels, computed on the input grid, back to its orientation: exact
+        xforms.append(UndoOrientationd(keys=lung_key, preprocessing=preprocessing))
     if prob_key:
         xforms.append(CopyItemsd(keys=pred_key, names=prob_key))
     if patterns:
@@ -239,3 +239,31 @@ def ct_postprocessing(
     if restrict_to_lung:
         xforms.append(RestrictToLungd(keys=pred_key, lung_key=lung_key, dilation_mm=lung_dilation_mm))
     return Compose(xforms)
+
+
+class UndoOrientationd(MapTransform):
+    """Bring ``keys`` that went through the preprocessing's orientation and nothing else (the lung
+    labels) back to the input grid: the inverse of that ``Orientationd`` (axis permutation and
+    flips, so no value changes; dtype kept)."""
+
+    def __init__(self, keys, preprocessing: Compose, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        orientations = [t for t in preprocessing.flatten().transforms if isinstance(t, Orientationd)]
+        if len(orientations) != 1:
+            raise ValueError(f"expected one Orientationd in the preprocessing, found {len(orientations)}")
+        self.orientation = orientations[0].ornt_transform
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.orientation.inverse(d[key])
+        return d
+
+
+def ct_lung_labels(ct: MetaTensor) -> MetaTensor:
+    """Lung labels (uint8 ``(1, X, Y, Z)``: 1 right, 2 left, 3 rest of the thoracic cavity) of a
+    CT in HU ``(1, X, Y, Z)`` on its own grid, computed as :func:`ct_preprocessing` does (in the
+    slice orientation, then oriented back), so that a report made from a CT and a mask measures
+    the same lungs as the segmentation run that made the mask."""
+    orientation = Orientation(axcodes=SLICE_AXCODES, labels=None)
+    return orientation.inverse(LungMask()(orientation(ct)))
