@@ -241,7 +241,7 @@ def test_real_ct_lung_mask_does_not_depend_on_array_orientation(dicom_series_dir
 def test_per_slice_fill_equals_scipy_fill_holes():
     """The labelling fill gives exactly scipy's in-plane ``binary_fill_holes`` (rings with holes,
     holes open to a face, noise)."""
-    from infnet_monai.transforms.lung import _INPLANE, _per_slice_fill
+    from infnet_monai.transforms.lung_common import INPLANE as _INPLANE, per_slice_fill as _per_slice_fill
 
     rng = np.random.default_rng(0)
     mask = rng.random((30, 26, 6)) > 0.55
