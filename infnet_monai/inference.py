@@ -95,6 +95,7 @@ def load_network(
     compile: bool | None = None,
     batch_size: int | None = None,
     size: int | None = None,
+    network: torch.nn.Module | None = None,
 ) -> torch.nn.Module:
     """InfNet in eval mode with ``weights`` (a converted state dict or an authors' checkpoint;
     None: the shipped model), for slices of ``size`` pixels (None: the model's own,
@@ -105,7 +106,8 @@ def load_network(
     ``optimize``): run it from its ahead-of-time compiled package for ``batch_size`` slices per
     call (default :func:`default_batch_size`; :mod:`infnet_monai.networks.packaged`): None uses
     a package built before on this machine, True also builds it when missing (30-60 s, worth it
-    for long runs: :func:`compile_choice`), False never.
+    for long runs: :func:`compile_choice`), False never. ``network``: the module to load the
+    weights into (a bundle's ``network_def``; None: a new ``InfNet()``).
     """
     weights = require_weights(weights)
     size = size or network_size(weights)
@@ -115,7 +117,7 @@ def load_network(
                          "use --device cpu or --compile off")
 
     def eager() -> torch.nn.Module:
-        net = load_authors_checkpoint(InfNet(), weights).eval()
+        net = load_authors_checkpoint(InfNet() if network is None else network, weights).eval()
         return optimize_for_inference(net, device, example_size=size) if optimize else net.to(device)
 
     if compile is False or device.type != "cpu" or not optimize:

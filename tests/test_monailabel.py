@@ -4,8 +4,8 @@ Runs when the MONAI Label environment exists (``.ci/monailabel.sh`` builds ``.ve
 or set ``INFNET_MONAILABEL_PYTHON``) and the shared DICOM series is present; skips otherwise.
 Servers on 127.0.0.1 serve two short real CT stacks. MONAI Label's own ``monaibundle`` sample
 app, unchanged, lists the model with the label ``infection`` and returns the bundle's own mask
-on the image grid. The Inf-Net app (``examples/monailabel/app``: the same inference task, plus
-training on CT volumes) stores submitted labels, retrains one epoch into ``models/model.pt``
+on the image grid. The Inf-Net app (``examples/monailabel/app``: the same inference task running
+the bundle's inference-optimised ``network``, plus training on CT volumes) stores submitted labels, retrains one epoch into ``models/model.pt``
 and segments with the retrained weights.
 """
 
@@ -142,15 +142,21 @@ def _infer(url: str, image_id: str) -> nib.Nifti1Image:
     return nib.Nifti1Image.from_bytes(gzip.decompress(answer) if answer[:2] == b"\x1f\x8b" else answer)
 
 
-def _bundle_mask(bundle: Path, image: Path) -> np.ndarray:
-    """The bundle's own inference (configs/inference.json, in this process) for ``image``."""
+def _bundle_mask(bundle: Path, image: Path, plain: bool = False) -> np.ndarray:
+    """The bundle's own inference (configs/inference.json, in this process) for ``image``: its
+    ``network`` (what ``monai.bundle run`` and the CLI run), or with ``plain`` the eval
+    ``network_def`` holding the weights (what MONAI Label's unchanged sample app runs)."""
     parser = ConfigParser()
     parser.read_config(bundle / "configs" / "inference.json")
     parser["bundle_root"] = str(bundle)
     parser["device"] = "$torch.device('cpu')"
-    network = parser.get_parsed_content("network_def")
-    network.load_state_dict(torch.load(bundle / "models" / "model.pt", map_location="cpu"))
-    network.eval()
+    parser["compile"] = False
+    if plain:
+        network = parser.get_parsed_content("network_def")
+        network.load_state_dict(torch.load(bundle / "models" / "model.pt", map_location="cpu"))
+        network.eval()
+    else:
+        network = parser.get_parsed_content("network")
     item = parser.get_parsed_content("preprocessing")({"image": str(image)})
     with torch.no_grad():
         item["pred"] = parser.get_parsed_content("inferer")(item["image"][None], network)[0]
@@ -179,8 +185,37 @@ def expected_mask(studies, bundle_copy) -> np.ndarray:
     return mask
 
 
+@pytest.fixture(scope="module")
+def plain_network_mask(studies, bundle_copy) -> np.ndarray:
+    """The mask of the plain ``network_def`` with the seeded weights (MONAI Label's sample app)."""
+    return _bundle_mask(bundle_copy, studies["ct_a"][0], plain=True)
+
+
+def test_inference_task_runs_the_bundles_optimised_network(label_python, bundle_copy, studies, expected_mask):
+    """The app's infer task calls the bundle's ``network`` (BatchNorm folded, channels-last), not a
+    plain ``network_def`` copy, once per model file, and gives the bundle's mask."""
+    import subprocess
+
+    script = f"""
+import sys, torch, numpy
+sys.path.insert(0, {str(REPO_ROOT / "examples" / "monailabel" / "app")!r})
+from lib.infer_task import InfNetBundleInferTask
+task = InfNetBundleInferTask({str(bundle_copy)!r}, {{}})
+net = task._get_network("cpu", None)
+print(type(net).__name__, any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()),
+      next(net.parameters()).is_contiguous(memory_format=torch.channels_last), net is task._get_network("cpu", None))
+result = task({{"image": {str(studies["ct_a"][0])!r}, "device": "cpu"}})
+numpy.save({str(bundle_copy / "task_mask.npy")!r}, __import__("nibabel").load(result[0]).get_fdata())
+"""
+    run = subprocess.run([str(label_python), "-c", script], capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.split()[-4:] == ["InfNet", "False", "True", "True"]
+    mask = np.load(bundle_copy / "task_mask.npy")
+    assert mask.shape == expected_mask.shape and np.mean(mask != expected_mask) <= MAX_MISMATCH
+
+
 def test_sample_app_serves_the_bundle_for_auto_segmentation(
-    tmp_path, label_python, studies, bundle_copy, expected_mask
+    tmp_path, label_python, studies, bundle_copy, plain_network_mask
 ):
     app = server.prepare_app(tmp_path / "app", bundle_copy, sample_app_python=label_python)
     with _running_server(app, label_python, studies["ct_a"][0].parent, tmp_path / "server.log") as url:
@@ -196,7 +231,7 @@ def test_sample_app_serves_the_bundle_for_auto_segmentation(
     np.testing.assert_allclose(mask_img.affine, image.affine, atol=1e-4)
     mask = np.asarray(mask_img.dataobj)
     assert set(np.unique(mask)) <= {0, 1}
-    assert np.mean(mask != expected_mask) <= MAX_MISMATCH
+    assert np.mean(mask != plain_network_mask) <= MAX_MISMATCH
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
 """MONAI Label app for the Inf-Net bundle: auto-segmentation and retraining on CT volumes.
 
-Inference is MONAI Label's own ``BundleInferTask`` on ``configs/inference.json``, as in its
-``monaibundle`` sample app; training is :class:`lib.volume_train.VolumeBundleTrainTask`
+Inference is :class:`lib.infer_task.InfNetBundleInferTask` on ``configs/inference.json``: MONAI
+Label's ``BundleInferTask`` (as in its ``monaibundle`` sample app) running the bundle's own
+inference-optimised ``network`` rather than a plain copy of ``network_def``; training is :class:`lib.volume_train.VolumeBundleTrainTask`
 (``train.json`` + ``train_nifti.json``), because the sample app's ``BundleTrainTask`` runs only
 ``train.json``, which trains on 2D COVID-SemiSeg slices, not on the datastore's volumes.
 Bundles come from ``model/<name>`` (``--conf models <name> --conf zoo_source local``).
@@ -19,9 +20,9 @@ from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
-from monailabel.tasks.infer.bundle import BundleInferTask
 from monailabel.utils.others.generic import get_bundle_models, strtobool
 
+from lib.infer_task import InfNetBundleInferTask
 from lib.volume_train import VolumeBundleTrainTask
 
 __all__ = ["InfNetApp"]
@@ -30,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 
 class InfNetApp(MONAILabelApp):
-    """Per bundle in ``conf["models"]``: a ``BundleInferTask`` and a ``VolumeBundleTrainTask``;
+    """Per bundle in ``conf["models"]``: an ``InfNetBundleInferTask`` and a ``VolumeBundleTrainTask``;
     active-learning strategies ``random`` and ``first``."""
 
     def __init__(self, app_dir, studies, conf):
@@ -55,7 +56,7 @@ class InfNetApp(MONAILabelApp):
         return tasks
 
     def init_infers(self) -> Dict[str, InferTask]:
-        return self._bundle_tasks("Inferer", BundleInferTask)
+        return self._bundle_tasks("Inferer", InfNetBundleInferTask)
 
     def init_trainers(self) -> Dict[str, TrainTask]:
         if strtobool(self.conf.get("skip_trainers", "false")):
