@@ -26,7 +26,7 @@ from monai.utils import BlendMode, convert_to_dst_type, ensure_tuple, optional_i
 
 from infnet_monai.networks import InfNet, load_authors_checkpoint
 from infnet_monai.networks.optimize import optimize_for_inference
-from infnet_monai.networks.packaged import packaged_network
+from infnet_monai.networks.packaged import PACKAGE_PRECISIONS, packaged_network
 from infnet_monai.shipped import default_weights, network_size
 from infnet_monai.transforms.chain import network_input_batch
 from infnet_monai.transforms.io import estimated_slices, expand_inputs
@@ -96,6 +96,7 @@ def load_network(
     batch_size: int | None = None,
     size: int | None = None,
     network: torch.nn.Module | None = None,
+    precision: str | None = None,
 ) -> torch.nn.Module:
     """InfNet in eval mode with ``weights`` (a converted state dict or an authors' checkpoint;
     None: the shipped model), for slices of ``size`` pixels (None: the model's own,
@@ -106,8 +107,10 @@ def load_network(
     ``optimize``): run it from its ahead-of-time compiled package for ``batch_size`` slices per
     call (default :func:`default_batch_size`; :mod:`infnet_monai.networks.packaged`): None uses
     a package built before on this machine, True also builds it when missing (30-60 s, worth it
-    for long runs: :func:`compile_choice`), False never. ``network``: the module to load the
-    weights into (a bundle's ``network_def``; None: a new ``InfNet()``).
+    for long runs: :func:`compile_choice`), False never; the package runs in ``precision``
+    (fp32 or bf16 autocast baked in; None: :func:`default_precision`), the precision the slice
+    inferer runs the eager network in. ``network``: the module to load the weights into (a
+    bundle's ``network_def``; None: a new ``InfNet()``).
     """
     weights = require_weights(weights)
     size = size or network_size(weights)
@@ -120,9 +123,11 @@ def load_network(
         net = load_authors_checkpoint(InfNet() if network is None else network, weights).eval()
         return optimize_for_inference(net, device, example_size=size) if optimize else net.to(device)
 
-    if compile is False or device.type != "cpu" or not optimize:
+    precision = precision or default_precision(device)
+    if compile is False or device.type != "cpu" or not optimize or precision not in PACKAGE_PRECISIONS:
         return eager()
-    return packaged_network(weights, eager, batch_size or default_batch_size(device), size, build=compile)
+    return packaged_network(weights, eager, batch_size or default_batch_size(device), size, build=compile,
+                            precision=precision)
 
 
 def load_pattern_network(
@@ -190,10 +195,10 @@ def compile_choice(
     """``compile`` for :func:`load_network`: ``requested`` when given (CLI ``--compile on|off``);
     without it True (build the compiled package if missing) when the run pays back a build
     (:func:`compile_pays_off`), else None (use a package built before, if any). Packages run
-    fp32: reduced ``precision`` gives False, and refuses ``requested=True`` (ValueError)."""
-    if (precision or "fp32") != "fp32":
+    fp32 or bf16: fp16 gives False, and refuses ``requested=True`` (ValueError)."""
+    if (precision or "fp32") not in PACKAGE_PRECISIONS:
         if requested:
-            raise ValueError(f"--compile on runs the network in fp32; leave out --precision {precision} or use --compile off")
+            raise ValueError(f"--compile on runs fp32 or bf16; leave out --precision {precision} or use --compile off")
         return False
     if requested is not None:
         return requested
@@ -217,8 +222,8 @@ def default_precision(device: str | torch.device | None = None) -> str:
 
     With the shipped model, bf16 masks agree with fp32 ones to Dice 0.9967 on the example CT and
     0.9973 on the shared DICOM series, involvement within 0.001 percentage points (tested in
-    ``tests/test_shipped_model.py``); ``--precision fp32`` keeps the exact path, and the
-    compiled package (fp32 only) is used when fp32 is asked for.
+    ``tests/test_shipped_model.py``); ``--precision fp32`` keeps the exact path. Compiled
+    packages are built for either (:func:`load_network`).
     """
     return "bf16" if default_device(device).type == "cpu" and native_bf16() else "fp32"
 
@@ -343,13 +348,15 @@ class VolumeResult:
     """One segmented volume: the postprocessed item and its summary figures.
 
     ``slices``: axial slices through the network; ``input_slices``: axial slices of the input
-    (more when the slice crop skipped slices without lung)."""
+    (more when the slice crop skipped slices without lung); ``seconds``: network and
+    postprocessing, ``network_seconds`` the network's share."""
 
     item: dict
     slices: int
     seconds: float
     infected_ml: float
     input_slices: int = 0
+    network_seconds: float = 0.0
 
     @property
     def mask(self) -> MetaTensor:
@@ -413,6 +420,7 @@ def infer_volume(
     image = item[image_key]
     with torch.inference_mode():
         logits = inferer(image.unsqueeze(0), network)
+    network_seconds = time.perf_counter() - start
     item = dict(item)
     item[pred_key] = decollate_batch({pred_key: logits.float()})[0][pred_key]
     with torch.inference_mode():
@@ -421,4 +429,4 @@ def infer_volume(
     affine = np.asarray(mask.affine)
     infected = int(torch.count_nonzero(mask.as_tensor() if isinstance(mask, MetaTensor) else mask)) * voxel_volume_ml(affine)
     input_slices = int(mask.shape[1 + axial_axis(affine)])
-    return VolumeResult(item, int(image.shape[-1]), time.perf_counter() - start, infected, input_slices)
+    return VolumeResult(item, int(image.shape[-1]), time.perf_counter() - start, infected, input_slices, network_seconds)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import re
 import sys
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
@@ -47,6 +48,7 @@ from infnet_monai.transforms.chain import DEFAULT_WINDOW_HU
 from infnet_monai.transforms.io import CTInputError, estimated_slices, expand_inputs
 from infnet_monai.utils import prepare_output_dir
 from infnet_monai.utils.prefetch import prefetch_map
+from infnet_monai.utils.timing import RunTimings
 
 __all__ = ["SegmentOptions", "segment_volumes"]
 
@@ -71,7 +73,8 @@ class SegmentOptions:
     of ``pattern_weights``, None: the shipped one; never compiled). ``num_parts``/``part_id``:
     run part ``part_id`` (0-based) of the sorted inputs split into ``num_parts``
     (:func:`~infnet_monai.cohort.select_part`; None: ``torchrun``'s ``WORLD_SIZE``/``RANK``, else
-    the whole run); each part keeps its own ledgers (:mod:`infnet_monai.cohort`).
+    the whole run); each part keeps its own ledgers (:mod:`infnet_monai.cohort`). ``timings``:
+    write where the run's time went there (JSON, :class:`~infnet_monai.utils.timing.RunTimings`).
     ``output_type``: ``"nifti"`` (the mask), ``"dicom-seg"`` (a DICOM SEG ``<name>_seg.dcm``
     instead, for a DICOM series input) or ``"all"`` (mask, SEG and the overlay series folder
     ``<name>_overlay/``; :mod:`infnet_monai.dicom`).
@@ -100,6 +103,7 @@ class SegmentOptions:
     output_type: str = "nifti"
     num_parts: int | None = None
     part_id: int | None = None
+    timings: Path | None = None
     results: list = field(default_factory=list)
 
     def part(self) -> tuple[int, int]:
@@ -300,7 +304,13 @@ def _segment_todo(
     save_mask = mask_saver(opts.output_dir, mask_postfix, np.uint8)
     save_prob = mask_saver(opts.output_dir, prob_postfix, np.float32)
     prefetch = default_device(opts.device).type == "cuda" if opts.prefetch is None else opts.prefetch
-    volumes = prefetch_map(segmenter.preprocess, todo, enabled=prefetch)
+    timings = RunTimings() if opts.timings else None
+
+    def read(path: Path) -> tuple[dict, float]:
+        start = time.perf_counter()
+        return segmenter.preprocess(path), time.perf_counter() - start
+
+    volumes = prefetch_map(read, todo, enabled=prefetch)
     for done, (path, item) in enumerate(
         tqdm(volumes, total=len(todo), desc="volumes", unit="vol", disable=not opts.progress or len(todo) < 2)
     ):
@@ -308,6 +318,9 @@ def _segment_todo(
         try:
             if isinstance(item, Exception):
                 raise item
+            item, read_seconds = item
+            if timings is not None and done == 0:
+                timings.watch(segmenter.network)
             result = segmenter.infer(item)
         except Exception as exc:  # noqa: BLE001 - one volume's failure must not stop the others
             print(f"error: {_root_cause(exc, path)}", file=sys.stderr)
@@ -322,6 +335,7 @@ def _segment_todo(
             failures += 1
             ledger.failed(path, line)
             continue
+        written = time.perf_counter()
         try:
             if opts.classes == "patterns" and writes_nifti(opts.output_type):
                 write_label_sidecar(target, opts.classes)
@@ -349,4 +363,8 @@ def _segment_todo(
             return failures + 1 + left
         opts.results.append((path, target, result))
         print(result.summary(case_name(path, opts.series_uid), labels_of(opts.classes)))
+        if timings is not None:
+            timings.volume(path, read_seconds, result, time.perf_counter() - written)
+    if timings is not None:
+        timings.write(opts.timings)
     return failures

@@ -14,6 +14,8 @@ or ``(X, Y, Z)`` in HU with its affine. Results are on the input's own grid (sha
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -69,8 +71,8 @@ class Segmenter:
 
     Args: ``weights`` (None: the shipped model), ``device``, ``image_size`` (None: the model's
     own), ``batch_size`` (slices per network call), ``precision`` (None: bf16 autocast on CPUs
-    with native bf16, else fp32), ``compile`` (CPU fp32 package: None uses one built before,
-    True builds it, False never), ``window`` (HU), ``lung_crop``, ``slice_crop``,
+    with native bf16, else fp32), ``compile`` (CPU: the compiled package in that precision, fp32
+    or bf16; None uses one built before, True builds it, False never), ``window`` (HU), ``lung_crop``, ``slice_crop``,
     ``restrict_to_lung``, ``threshold``, ``classes`` (``"infection"`` 0/1 or ``"patterns"``
     0/1 ground-glass opacity/2 consolidation, with ``pattern_weights``), ``keep_prob`` (keep the
     probabilities on the input grid), ``series_uid`` (a DICOM folder's series), ``progress``.
@@ -107,16 +109,27 @@ class Segmenter:
             self.preprocessing, threshold=threshold, prob_key="prob" if keep_prob else None,
             restrict_to_lung=restrict_to_lung, classes=classes,
         )
-        # the compiled package asked for by compile=True runs fp32; otherwise the device's default
-        self.precision = precision or ("fp32" if compile else default_precision(device))
+        self.precision = precision or default_precision(device)
         self.inferer = slice_inferer(batch_size, device, progress=progress, precision=self.precision, size=self.size)
         if classes == "patterns":
             if compile:
                 raise ValueError("--compile on: the infection-pattern network is not compiled; use --compile auto or off")
-            self.network = load_pattern_network(self.weights, pattern_weights, device, self.size)
+            load = partial(load_pattern_network, self.weights, pattern_weights, device, self.size)
         else:
             compile = compile_choice(list(compile_for), device, self.precision, requested=compile)
-            self.network = load_network(self.weights, device, compile=compile, batch_size=batch_size, size=self.size)
+            load = partial(load_network, self.weights, device, compile=compile, batch_size=batch_size, size=self.size,
+                           precision=self.precision)
+        # the network loads in a background thread while the caller reads its first volume
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="network")
+        self._loading, self._network = pool.submit(load), None
+        pool.shutdown(wait=False)
+
+    @property
+    def network(self) -> torch.nn.Module:
+        """The network, once loaded (a load error is raised here)."""
+        if self._network is None:
+            self._network = self._loading.result()
+        return self._network
 
     def preprocess(self, image: Any) -> dict:
         """The chain's item for ``image`` (path, folder, nibabel image or MetaTensor in HU)."""

@@ -351,6 +351,8 @@ def test_segment_output_types_and_evaluate(tmp_path, stand_in_network, capsys):
     (labels / "series.nii.gz").write_bytes(mask_file.read_bytes())
     report = evaluate_folders(tmp_path / "seg_only", labels, dicom_source=source)  # series_seg.dcm pairs as "series"
     assert report["cases"][0]["dice"] == 1.0 and report["cases"][0]["pred_file"].endswith("series_seg.dcm")
+    report = evaluate_folders(out, labels)  # an --output-type all folder: the NIfTI of the case, not its SEG
+    assert report["cases"][0]["dice"] == 1.0 and report["cases"][0]["pred_file"].endswith("series_seg.nii.gz")
     placed = load_seg(seg_file, dicom_source=tmp_path)
     np.testing.assert_allclose(np.asarray(placed.affine), image.affine, atol=1e-4)
     # both sides SEG: the referenced series must be found

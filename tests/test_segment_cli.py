@@ -141,3 +141,20 @@ def test_bad_volume_reported_others_processed_and_outputs_kept(volumes, weights,
     total = report["infection_ml"]["total"] + report["infection_ml"]["outside_lung"]
     assert total == pytest.approx(infected_ml, rel=1e-3, abs=1e-3)
     assert (out / "case_a_qc.png").stat().st_size > 1000 and (out / "burden.csv").exists()
+
+
+@pytest.mark.slow
+def test_command_exits_with_the_status_and_flushed_output(volumes, weights, tmp_path):
+    """The installed command leaves without the interpreter's teardown (``os._exit``): its exit
+    status, printed lines and files must be complete all the same."""
+    command = [sys.executable, "-m", "infnet_monai.cli", "segment"]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    ok = subprocess.run(command + [str(volumes / "case_a.nii.gz"), "-o", str(tmp_path / "o"), "--weights", str(weights),
+                                   "-q", "--device", "cpu"], capture_output=True, text=True, env=env, timeout=600)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert ok.stdout.startswith("case_a: ") and "infection" in ok.stdout
+    assert nib.load(str(tmp_path / "o" / "case_a_seg.nii.gz")).shape == (120, 128, 3)
+    assert (tmp_path / "o" / "summary.csv").read_text().count("\n") == 2
+    bad = subprocess.run(command + [str(tmp_path / "missing.nii.gz"), "-o", str(tmp_path / "o2")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert bad.returncode == 2 and bad.stderr.strip().endswith("missing.nii.gz: no such file or folder; check the path")

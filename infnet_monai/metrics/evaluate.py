@@ -113,6 +113,10 @@ def _index_files(folder: Path, mode: str, prediction: bool) -> dict[str, Path]:
         if key is None:
             continue
         if key in index:
+            seg = [f for f in (index[key], path) if f.suffix.lower() == ".dcm"]
+            if len(seg) == 1:  # the NIfTI and the DICOM SEG of one case (segment --output-type all): the NIfTI
+                index[key] = index[key] if seg[0] is path else path
+                continue
             raise ValueError(f"{folder}: {index[key].name} and {path.name} both pair as case {key!r}; keep one")
         index[key] = path
     if not index:

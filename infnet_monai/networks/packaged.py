@@ -3,13 +3,15 @@
 The inference network (BatchNorm folded, channels-last) is exported (``torch.export``) for
 slice batches of one fixed shape ``(B, 3, S, S)`` and compiled by AOTInductor with frozen
 weights (oneDNN convolutions with prepacked weights, ReLU and residual additions fused, C++
-wrapper) into a package file (``.pt2``, weights included). On the 2-core CPU of
-``benchmarks/RESULTS.md`` it runs a 352x352 slice about 1.3x as fast as the eager network.
+wrapper) into a package file (``.pt2``, weights included), in fp32 or with bf16 autocast baked
+in (CPUs with native bf16: AMX or AVX512-BF16). On the 2-core CPU of ``benchmarks/RESULTS.md`` it
+runs a 352x352 slice about 1.3x as fast as the eager network in fp32, and a 256x256 slice 1.7x
+as fast as the eager bf16 network in bf16.
 Building takes 30-60 s; loading a built package about 0.1-0.5 s, less than loading the weights
 into the eager network, so every later run on the machine gains from its first slice.
 
 Packages live in :func:`package_dir`, named by a digest of the weights file, the network's
-source code, the batch and the slice size, plus the torch version and the CPU's instruction
+source code, the batch, the slice size and the precision, plus the torch version and the CPU's instruction
 set: a package is only ever used for the weights, code, shapes and machine type it was built
 for. Files are written to a temporary name and renamed: a package is complete or absent.
 
@@ -65,15 +67,22 @@ def _cpu_tag() -> str:
     return f"{torch.backends.cpu.get_cpu_capability()}-{hashlib.blake2b(flags.encode(), digest_size=4).hexdigest()}"
 
 
-def package_path(weights: str | Path, batch: int, size: int) -> Path:
+PACKAGE_PRECISIONS = ("fp32", "bf16")
+
+
+def package_path(weights: str | Path, batch: int, size: int, precision: str = "fp32") -> Path:
     """Where the package of the network with ``weights`` for ``(batch, 3, size, size)`` slices
-    is (or would be). Reads the weights file once (about 0.1 s for Inf-Net's 125 MB)."""
+    in ``precision`` is (or would be). Reads the weights file once (about 0.1 s for Inf-Net's
+    125 MB)."""
+    if precision not in PACKAGE_PRECISIONS:
+        raise ValueError(f"compiled packages run {' or '.join(PACKAGE_PRECISIONS)}, not {precision}")
     digest = hashlib.blake2b(file_digest(weights, digest_size=32).encode(), digest_size=12)
     here = Path(__file__).parent
     for name in _NETWORK_SOURCES:
         digest.update((here / f"{name}.py").read_bytes())
     tag = re.sub(r"[^A-Za-z0-9_-]+", "_", f"torch{torch.__version__}-{_cpu_tag()}")  # no dots: one suffix
-    return package_dir() / f"infnet-{digest.hexdigest()}-b{batch}-{size}px-{tag}.pt2"
+    kind = "" if precision == "fp32" else f"-{precision}"  # fp32 packages keep their names
+    return package_dir() / f"infnet-{digest.hexdigest()}-b{batch}-{size}px{kind}-{tag}.pt2"
 
 
 def private_package_dir() -> Path | None:
@@ -122,16 +131,30 @@ def trusted_package(path: Path) -> bool:
     return recorded == _package_digest(path)
 
 
-def build_package(network: nn.Module, batch: int, size: int, path: str | Path) -> Path:
+class _Bf16Autocast(nn.Module):
+    """``network`` under CPU bf16 autocast, float32 out: what a bf16 package bakes in."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.network(x).float()
+
+
+def build_package(network: nn.Module, batch: int, size: int, path: str | Path, precision: str = "fp32") -> Path:
     """Export and AOT-compile the eval-mode ``network`` for ``(batch, 3, size, size)`` float32
-    slices into the package ``path`` (written atomically) and record its digest beside it.
-    Needs a C++ compiler; 30-60 s."""
+    slices, in fp32 or under bf16 autocast (``precision``; float32 out either way), into the
+    package ``path`` (written atomically) and record its digest beside it. Needs a C++ compiler;
+    30-60 s."""
     import torch._inductor  # the compiler: imported only when a package is built
 
     path = Path(path)
     example = torch.zeros(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    module = _Bf16Autocast(network.eval()) if precision == "bf16" else network.eval()
     with torch.no_grad(), atomic_output(path) as tmp:
-        exported = torch.export.export(network.eval(), (example,))
+        exported = torch.export.export(module, (example,))
         torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp), inductor_configs={"freezing": True})
         digest = _package_digest(tmp)
         with atomic_output(_digest_path(path)) as record:
@@ -150,14 +173,15 @@ class PackagedNetwork(nn.Module):
 
     Smaller batches (a volume's last one) are padded with zero slices and larger ones split, so
     one package serves a whole run. Anything else (other slice sizes or channel counts, other
-    dtypes or devices, autocast) goes to the eager network, made by ``make_network`` at its
-    first use; it also reports bad input. Output: the eager network's eval output
-    ``(B, out_channels, size, size)``.
+    dtypes or devices; autocast around an fp32 package, and around a bf16 one autocast other
+    than bf16) goes to the eager network, made by ``make_network`` at its first use; it also
+    reports bad input. Output: float32 ``(B, out_channels, size, size)``, the eager network's
+    eval output in the package's ``precision``.
     """
 
     def __init__(
         self, runner: Callable[[torch.Tensor], torch.Tensor], batch: int, size: int,
-        make_network: Callable[[], nn.Module], network: nn.Module | None = None,
+        make_network: Callable[[], nn.Module], network: nn.Module | None = None, precision: str = "fp32",
     ) -> None:
         super().__init__()
         # plain attributes, not submodules: the package holds its own weights
@@ -166,6 +190,7 @@ class PackagedNetwork(nn.Module):
         object.__setattr__(self, "_network", network)
         self.batch = batch
         self.size = size
+        self.precision = precision
 
     @property
     def network(self) -> nn.Module:
@@ -175,12 +200,16 @@ class PackagedNetwork(nn.Module):
         return self._network
 
     def _fits(self, x: torch.Tensor) -> bool:
+        if torch.is_autocast_enabled("cpu"):  # the caller's autocast must be what the package runs
+            autocast_ok = self.precision == "bf16" and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        else:
+            autocast_ok = True
         return (
             x.dim() == 4
             and tuple(x.shape[1:]) == (3, self.size, self.size)
             and x.dtype == torch.float32
             and x.device.type == "cpu"
-            and not torch.is_autocast_enabled("cpu")
+            and autocast_ok
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -202,16 +231,18 @@ def _first_line(exc: BaseException) -> str:
 
 
 def packaged_network(
-    weights: str | Path, make_network: Callable[[], nn.Module], batch: int, size: int, build: bool
+    weights: str | Path, make_network: Callable[[], nn.Module], batch: int, size: int, build: bool,
+    precision: str = "fp32",
 ) -> nn.Module:
     """The network with ``weights`` run from its compiled package for ``(batch, 3, size, size)``
-    slices: the package built before on this machine, else one built now when ``build`` (30-60 s;
-    ``make_network()`` gives the eval CPU fp32 network to compile), else ``make_network()``
-    itself. A failed build or load warns in one line and returns the eager network."""
+    slices in ``precision`` (fp32, or bf16 autocast baked in): the package built before on this
+    machine, else one built now when ``build`` (30-60 s; ``make_network()`` gives the eval CPU
+    fp32 network to compile), else ``make_network()`` itself. A failed build or load warns in one
+    line and returns the eager network."""
     folder = private_package_dir()
     if folder is None:
         return make_network()
-    path = folder / package_path(weights, batch, size).name
+    path = folder / package_path(weights, batch, size, precision).name
     network = None
     if (path.exists() or path.is_symlink()) and not trusted_package(path):
         warnings.warn(
@@ -225,7 +256,7 @@ def packaged_network(
         if not build:
             return network
         try:
-            build_package(network, batch, size, path)
+            build_package(network, batch, size, path, precision)
         except Exception as exc:  # noqa: BLE001 - no C++ compiler, unsupported op, full disk...
             warnings.warn(f"building the compiled network failed ({_first_line(exc)}); running the network uncompiled")
             return network
@@ -237,4 +268,4 @@ def packaged_network(
             "uncompiled (delete the file to rebuild it)"
         )
         return network if network is not None else make_network()
-    return PackagedNetwork(runner, batch, size, make_network, network).eval()
+    return PackagedNetwork(runner, batch, size, make_network, network, precision).eval()

@@ -31,6 +31,7 @@ import numpy as np
 from scipy import ndimage
 
 from infnet_monai.transforms.lung import LEFT_LUNG, RIGHT_LUNG, THORAX, dilate_mm, label_sides
+from infnet_monai.transforms.lung_common import bbox, margin_voxels
 from infnet_monai.utils import atomic_output
 from infnet_monai.utils.geometry import affine_of, axial_axis, slice_z_mm, voxel_spacing, voxel_volume_ml
 
@@ -76,24 +77,37 @@ def _sided_lung(lung: np.ndarray, affine: np.ndarray) -> np.ndarray:
 
 
 def _attached_sides(lung: np.ndarray, outside: np.ndarray, affine: np.ndarray, attach_mm: float) -> np.ndarray:
-    """Side (1/2, else 0) for infection voxels outside the lung whose component nears a lung."""
+    """Side (1/2, else 0) for infection voxels outside the lung whose component nears a lung
+    (within ``attach_mm``): the side of the nearest lung voxel (mm). Computed on boxes: the
+    outside voxels' (+ ``attach_mm``) for the components; per attached component, its box grown
+    by its own diagonal + ``attach_mm`` (which holds the nearest lung voxel of each of its voxels)
+    for the distances."""
     spacing = voxel_spacing(affine)
-    near = dilate_mm(lung > 0, spacing, attach_mm)
-    comps, _ = ndimage.label(outside)
-    ids = np.unique(comps[near & outside])
-    attached = np.isin(comps, ids[ids > 0])
     sides = np.zeros(lung.shape, dtype=np.uint8)
-    if not attached.any():
+    box = bbox(outside, margin_voxels(spacing, attach_mm))
+    if box is None:
         return sides
-    idx = np.nonzero((lung > 0) | attached)
-    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in idx)
-    dist = [
-        ndimage.distance_transform_edt(lung[box] != side, sampling=spacing)
-        if (lung[box] == side).any()
-        else np.full(lung[box].shape, np.inf)
-        for side in (RIGHT_LUNG, LEFT_LUNG)
-    ]
-    sides[box] = np.where(attached[box], np.where(dist[0] <= dist[1], RIGHT_LUNG, LEFT_LUNG), 0)
+    near = dilate_mm(lung[box] > 0, spacing, attach_mm)
+    comps, count = ndimage.label(outside[box])
+    attached = np.unique(comps[near & outside[box]])
+    parts = ndimage.find_objects(comps)
+    for value in attached[attached > 0]:
+        part = parts[value - 1]  # the component's box, in the outside box
+        diagonal_mm = float(np.linalg.norm([(s.stop - s.start) * d for s, d in zip(part, spacing)]))
+        margin = margin_voxels(spacing, diagonal_mm + attach_mm)
+        grown = tuple(slice(max(0, b.start + s.start - m), min(n, b.start + s.stop + m))
+                      for b, s, m, n in zip(box, part, margin, lung.shape))
+        index = np.nonzero(comps[part] == value)
+        voxels = tuple(i + b.start + s.start for i, b, s in zip(index, box, part))
+        around = lung[grown]
+        present = [side for side in (RIGHT_LUNG, LEFT_LUNG) if (around == side).any()]
+        if len(present) == 1:  # one lung in reach: its side, no distances needed
+            sides[voxels] = present[0]
+            continue
+        local = tuple(v - g.start for v, g in zip(voxels, grown))
+        nearest = ndimage.distance_transform_edt(around == 0, sampling=spacing, return_distances=False,
+                                                 return_indices=True)
+        sides[voxels] = around[tuple(axis[local] for axis in nearest)]
     return sides
 
 

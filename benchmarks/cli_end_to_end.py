@@ -1,0 +1,131 @@
+"""The shipped model on this CPU: the network against the machine's bf16 limit, and the CLI end to
+end in fresh processes on the shared 64-slice series, with where its time goes.
+
+    python benchmarks/cli_end_to_end.py [--repeats 3] [--series DIR]
+
+Printed, in one run:
+
+1. the machine's bf16 limit: GFLOP/s of a 2048^3 GEMM as a 1x1 convolution through oneDNN (the
+   library and path of the network's convolutions), and the ms per slice it gives Inf-Net at the
+   shipped model's size (2 x its MACs per slice);
+2. the network alone (shipped weights, 2 slices per call, the CLI's default on the CPU): eager
+   fp32, eager bf16 autocast (the default without a package), the compiled package in fp32 and
+   in bf16 (built into a fresh cache folder here; build seconds printed), each as ms/slice and as
+   a multiple of the limit;
+3. ``infnet-monai segment SERIES`` in fresh processes, default flags: "first run" with a fresh
+   package cache (no package: the eager bf16 network), then after ``infnet-monai prepare``
+   (the bf16 package) "later runs"; wall seconds, time from process start to the first slice
+   batch entering the network, reading + preprocessing, network, postprocessing, writing, and
+   the wall time over the network's time on the slices it infers.
+
+Medians of ``--repeats`` (rows alternate within each round); the load average is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from common import interleaved, machine_line, model_runner, set_threads
+from model_limit import matmul_gflops
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_SERIES = REPO.parent / "shared" / "data" / "ct-dicom" / "lung-pet-ct-dx-A0001-chest-5mm-lung"
+
+
+def network_rows(size: int, batch: int, repeats: int, cache: Path) -> tuple[dict, float]:
+    """ms/slice of the shipped network in each form, and the bf16 package's build seconds."""
+    from infnet_monai.inference import load_network
+
+    os.environ["INFNET_MONAI_CACHE"] = str(cache)
+    image = torch.rand(1, size, size, 8)
+    start = time.perf_counter()
+    bf16_package = load_network(None, "cpu", compile=True, batch_size=batch, precision="bf16")
+    build = time.perf_counter() - start
+    forms = {
+        "eager fp32": (load_network(None, "cpu", compile=False, batch_size=batch), None),
+        "eager bf16 autocast": (load_network(None, "cpu", compile=False, batch_size=batch), torch.bfloat16),
+        "package fp32": (load_network(None, "cpu", compile=True, batch_size=batch, precision="fp32"), None),
+        "package bf16 (default once built)": (bf16_package, torch.bfloat16),
+    }
+    runs = {name: model_runner(net, image, batch, dtype) for name, (net, dtype) in forms.items()}
+    timings = interleaved(runs, repeats)
+    return {name: t.wall / image.shape[-1] * 1000 for name, t in timings.items()}, build
+
+
+def cli_run(series: Path, out: Path, cache: Path) -> dict:
+    """One ``infnet-monai segment`` in a fresh process: wall seconds and its ``--timings``."""
+    timings = out / "timings.json"
+    env = {**os.environ, "INFNET_MONAI_CACHE": str(cache)}
+    command = [sys.executable, "-m", "infnet_monai.cli", "segment", str(series), "-o", str(out), "-q", "--overwrite",
+               "--timings", str(timings)]
+    start = time.perf_counter()
+    subprocess.run(command, env=env, check=True, capture_output=True)
+    wall = time.perf_counter() - start
+    data = json.loads(timings.read_text())
+    volume = data["volumes"][0]
+    return {"wall": wall, "first_slice": data["process_to_first_slice_s"], "read": volume["read_s"],
+            "network": volume["network_s"], "post": volume["post_s"], "write": volume["write_s"],
+            "inferred": volume["inferred_slices"]}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--series", type=Path, default=SHARED_SERIES)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    set_threads(args.threads)
+    from infnet_monai.networks import InfNet
+    from infnet_monai.networks.complexity import count_macs
+    from infnet_monai.shipped import network_size
+    from infnet_monai.utils.cpuinfo import native_bf16
+
+    print(machine_line())
+    size, batch = network_size(), 2
+    gflop = 2 * count_macs(InfNet().eval(), (1, 3, size, size)) / 1e9
+    limit_dtype = torch.bfloat16 if native_bf16() else torch.float32
+    _, conv_rate = matmul_gflops(dtype=limit_dtype)
+    limit_ms = gflop / conv_rate * 1000
+    print(f"1. limit: {str(limit_dtype).removeprefix('torch.')} 1x1 convolution (oneDNN) {conv_rate:.0f} GFLOP/s; "
+          f"Inf-Net {gflop:.1f} GFLOP per {size}x{size} slice -> {limit_ms:.1f} ms/slice")
+    with tempfile.TemporaryDirectory(prefix="infnet_bench_") as work:
+        work = Path(work)
+        rows, build = network_rows(size, batch, args.repeats, work / "cache_network")
+        print(f"2. network alone, {batch} slices per call ({args.repeats} rounds; bf16 package built in {build:.0f} s):")
+        for name, ms in rows.items():
+            print(f"   {name:36s} {ms:6.1f} ms/slice = {ms / limit_ms:4.2f} x limit")
+        if not args.series.is_dir():
+            print(f"3. skipped: {args.series} not found")
+            return 0
+        print(f"3. infnet-monai segment {args.series.name} in fresh processes, default flags ({args.repeats} runs each):")
+        cache = work / "cache_cli"
+        results: dict[str, list[dict]] = {"first run (no package)": [], "later runs (after prepare)": []}
+        for _ in range(args.repeats):
+            results["first run (no package)"].append(cli_run(args.series, work / "out_first", work / f"fresh_{time.time_ns()}"))
+        subprocess.run([sys.executable, "-m", "infnet_monai.cli", "prepare"], check=True, capture_output=True,
+                       env={**os.environ, "INFNET_MONAI_CACHE": str(cache)})
+        for _ in range(args.repeats):
+            results["later runs (after prepare)"].append(cli_run(args.series, work / "out_later", cache))
+        for name, runs in results.items():
+            med = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+            walls = ", ".join(f"{r['wall']:.2f}" for r in runs)
+            print(f"   {name}: wall {med['wall']:.2f} s (runs {walls}); process start to first slice {med['first_slice']:.2f} s; "
+                  f"read+preprocess {med['read']:.2f} s, network {med['network']:.2f} s ({med['inferred']:.0f} slices, "
+                  f"{med['network'] / med['inferred'] * 1000:.0f} ms/slice), postprocess {med['post']:.2f} s, "
+                  f"write {med['write']:.2f} s; wall = {med['wall'] / med['network']:.1f} x network")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
