@@ -30,7 +30,6 @@ from infnet_monai.inference import (
     infer_volume,
     load_network,
     load_pattern_network,
-    require_weights,
     slice_inferer,
 )
 from infnet_monai.shipped import network_size
@@ -75,7 +74,9 @@ class Segmenter:
     or bf16; None uses one built before, True builds it, False never), ``window`` (HU), ``lung_crop``, ``slice_crop``,
     ``restrict_to_lung``, ``threshold``, ``classes`` (``"infection"`` 0/1 or ``"patterns"``
     0/1 ground-glass opacity/2 consolidation, with ``pattern_weights``), ``keep_prob`` (keep the
-    probabilities on the input grid), ``series_uid`` (a DICOM folder's series), ``progress``.
+    probabilities on the input grid), ``series_uid`` (a DICOM folder's series), ``progress``,
+    ``compile_for`` (the inputs of a run: a long one builds the package), ``network_def`` (the
+    module the weights are loaded into, e.g. a bundle's; None: ``InfNet()``).
     """
 
     def __init__(
@@ -97,9 +98,12 @@ class Segmenter:
         series_uid: str | None = None,
         progress: bool = False,
         compile_for: Sequence[Any] = (),
+        network_def: torch.nn.Module | None = None,
     ) -> None:
-        self.weights = require_weights(weights)
-        self.size = image_size or network_size(self.weights)
+        # the weights file is read (and a missing one reported) when the network loads, so that
+        # the chains can be built without it (a bundle's preprocessing before any training)
+        self.weights = weights
+        self.size = image_size or network_size(weights)
         self.classes = classes
         self.preprocessing = ct_preprocessing(
             spatial_size=self.size, window=window, lung_crop=lung_crop, slice_crop=slice_crop, series_uid=series_uid,
@@ -118,7 +122,7 @@ class Segmenter:
         else:
             compile = compile_choice(list(compile_for), device, self.precision, requested=compile)
             load = partial(load_network, self.weights, device, compile=compile, batch_size=batch_size, size=self.size,
-                           precision=self.precision)
+                           precision=self.precision, network=network_def)
         # the network loads in a background thread while the caller reads its first volume
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="network")
         self._loading, self._network = pool.submit(load), None
