@@ -29,7 +29,7 @@ from infnet_monai.networks.optimize import optimize_for_inference
 from infnet_monai.networks.packaged import PACKAGE_PRECISIONS, packaged_network
 from infnet_monai.shipped import default_weights, network_size
 from infnet_monai.transforms.chain import network_input_batch
-from infnet_monai.transforms.io import estimated_slices, expand_inputs
+from infnet_monai.data.inputs import estimated_slices, expand_inputs
 from infnet_monai.naming import CaseFolderLayout, case_name_formatter
 from infnet_monai.utils import AtomicNibabelWriter
 from infnet_monai.utils.cpuinfo import native_bf16

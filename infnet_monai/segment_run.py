@@ -45,7 +45,7 @@ from infnet_monai.naming import case_name, check_output_names, output_file
 from infnet_monai.report.burden import check_report_csv
 from infnet_monai.segmenter import Segmenter
 from infnet_monai.transforms.chain import DEFAULT_WINDOW_HU
-from infnet_monai.transforms.io import CTInputError, estimated_slices, expand_inputs
+from infnet_monai.data.inputs import CTInputError, estimated_slices, expand_inputs
 from infnet_monai.utils import prepare_output_dir
 from infnet_monai.utils.prefetch import prefetch_map
 from infnet_monai.utils.timing import RunTimings

@@ -42,7 +42,7 @@ def as_ct_item(image: Any, image_key: str = "image") -> tuple[dict, bool]:
     """``({image_key: ...}, loaded)`` for the chain: a path stays a path for the CT reader
     (``loaded`` False); a ``nibabel`` image or a tensor becomes a float32 ``MetaTensor``
     ``(1, X, Y, Z)`` with its affine (``loaded`` True), checked to be a CT in HU."""
-    from infnet_monai.transforms.io import check_hounsfield
+    from infnet_monai.data.ct_reader import check_hounsfield
 
     if isinstance(image, (str, os.PathLike)):
         return {image_key: str(image)}, False
@@ -155,7 +155,7 @@ class Segmenter:
 
     def segment_files(self, inputs: Sequence[str | os.PathLike]) -> list[tuple[Path, VolumeResult]]:
         """Segment every volume of ``inputs`` (files, DICOM folders, globs), in memory."""
-        from infnet_monai.transforms.io import expand_inputs
+        from infnet_monai.data.inputs import expand_inputs
 
         return [(path, self.segment(path)) for path in expand_inputs([str(i) for i in inputs])]
 

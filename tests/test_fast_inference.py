@@ -38,7 +38,7 @@ from infnet_monai.transforms.chain import (
     network_input_batch,
     network_input_transforms,
 )
-from infnet_monai.transforms.io import estimated_slices
+from infnet_monai.data.inputs import estimated_slices
 from infnet_monai.transforms.lung import LungRegion, RestrictToLung, dilate_mm
 from infnet_monai.utils.prefetch import prefetch_map
 

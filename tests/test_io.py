@@ -14,16 +14,8 @@ from monai.transforms import LoadImage, LoadImaged, Orientationd, SaveImage
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless, generate_uid
 
-from infnet_monai.transforms import (
-    CTInputError,
-    CTReader,
-    LoadCT,
-    LoadCTd,
-    SeriesInfo,
-    expand_inputs,
-    input_kind,
-    list_dicom_series,
-)
+from infnet_monai.data import CTInputError, CTReader, SeriesInfo, expand_inputs, input_kind, list_dicom_series
+from infnet_monai.transforms import LoadCT, LoadCTd
 
 AXIAL_FLIPPED = (1.0, 0.0, 0.0, 0.0, -1.0, 0.0)  # rows run posterior->anterior, slices inferior-going
 SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)  # slice normal = -x (LPS)

@@ -21,7 +21,8 @@ import infnet_monai.utils.atomic as atomic
 from infnet_monai.cli import main
 from infnet_monai.inference import mask_saver
 from infnet_monai.naming import CASE_NAME_KEY, OutputClash, case_name, check_output_names, output_file
-from infnet_monai.transforms.io import CTInputError, CTReader, expand_inputs
+from infnet_monai.data.ct_reader import CTReader
+from infnet_monai.data.inputs import CTInputError, expand_inputs
 from infnet_monai.utils import OutputDirError, atomic_output, prepare_output_dir, remove_stale_temporaries
 
 import test_io

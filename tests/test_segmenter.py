@@ -14,7 +14,7 @@ from monai.data import MetaTensor
 import infnet_monai
 from infnet_monai.cli import main
 from infnet_monai.segmenter import Segmenter
-from infnet_monai.transforms.io import CTInputError
+from infnet_monai.data.inputs import CTInputError
 
 from conftest import REPO_ROOT
 from phantoms import affine_for, chest_phantom, save_nifti

@@ -18,7 +18,8 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from infnet_monai.transforms.io import CTInputError, input_kind, list_dicom_series, volume_folders_below
+from infnet_monai.data.dicom_series import list_dicom_series
+from infnet_monai.data.inputs import CTInputError, input_kind, volume_folders_below
 
 __all__ = [
     "SEG_REQUIRED",

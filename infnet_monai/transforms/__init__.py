@@ -1,16 +1,7 @@
-"""MONAI transforms of the pipeline: CT reading, lung mask, the shared pre/postprocessing chain."""
+"""MONAI transforms of the pipeline: CT loading, lung mask, the shared pre/postprocessing chain
+(the reader and input discovery are in :mod:`infnet_monai.data`)."""
 
-from .io import (
-    CTInputError,
-    CTReader,
-    InputKind,
-    LoadCT,
-    LoadCTd,
-    SeriesInfo,
-    expand_inputs,
-    input_kind,
-    list_dicom_series,
-)
+from .io import LoadCT, LoadCTd
 from .lung import (
     LungMask,
     LungMaskd,
