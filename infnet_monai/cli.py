@@ -142,7 +142,8 @@ def _prepare(args: argparse.Namespace) -> int:
     import time
     import warnings
 
-    from infnet_monai.inference import default_batch_size, default_precision, load_network, require_weights
+    from infnet_monai.inference import load_network, require_weights
+    from infnet_monai.runtime import default_batch_size, default_precision
     from infnet_monai.networks.packaged import PackagedNetwork, package_path
     from infnet_monai.shipped import network_size
 

@@ -1,13 +1,9 @@
 """Volume inference: the trained Inf-Net slice by slice over a CT volume.
 
-Shared by the CLI (``infnet-monai segment``) and the bundle's ``configs/inference.json``:
-:func:`load_network`, :func:`slice_inferer`, :func:`mask_saver` and :func:`infer_volume`. The
-speed settings live here too, so both get them without flags: the network from
-:func:`load_network` is optimised for its device (:mod:`infnet_monai.networks.optimize`) and,
-on the CPU, runs from its compiled package once one is built on the machine
-(:mod:`infnet_monai.networks.packaged`, :func:`compile_choice`); :func:`slice_inferer` picks the
-slice batch for the device and the precision (fp32 unless fp16 or bf16 autocast is asked for:
-:func:`default_precision`).
+:func:`load_network` (the network optimised for its device, :mod:`infnet_monai.networks.optimize`,
+and on the CPU run from its compiled package once one is built, :mod:`infnet_monai.networks.packaged`),
+:func:`slice_inferer`, :func:`mask_saver` and :func:`infer_volume`; the defaults they use (device,
+slice batch, precision, whether to compile) are :mod:`infnet_monai.runtime`'s.
 """
 
 from __future__ import annotations
@@ -29,26 +25,19 @@ from infnet_monai.networks.optimize import optimize_for_inference
 from infnet_monai.networks.packaged import PACKAGE_PRECISIONS, packaged_network
 from infnet_monai.shipped import default_weights, network_size
 from infnet_monai.transforms.chain import network_input_batch
-from infnet_monai.data.inputs import estimated_slices, expand_inputs
+from infnet_monai.data.inputs import expand_inputs
+from infnet_monai.runtime import PRECISIONS, default_batch_size, default_device, default_precision
 from infnet_monai.naming import CaseFolderLayout, case_name_formatter
 from infnet_monai.utils import AtomicNibabelWriter
-from infnet_monai.utils.cpuinfo import native_bf16
 from infnet_monai.utils.geometry import axial_axis, voxel_volume_ml
 
 tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
 
 __all__ = [
     "MissingWeightsError",
-    "default_device",
     "require_weights",
     "load_network",
     "load_pattern_network",
-    "COMPILE_MIN_SLICES",
-    "compile_pays_off",
-    "compile_choice",
-    "default_batch_size",
-    "PRECISIONS",
-    "default_precision",
     "InfNetSliceInferer",
     "slice_inferer",
     "mask_saver",
@@ -60,13 +49,6 @@ __all__ = [
 
 class MissingWeightsError(FileNotFoundError):
     """Inference without trained weights would give a meaningless mask."""
-
-
-def default_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` if given, else the first CUDA GPU when present, else the CPU."""
-    if device is not None and str(device) != "auto":
-        return torch.device(device)
-    return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
 
 
 def require_weights(weights: str | Path | None) -> Path:
@@ -154,78 +136,6 @@ def load_pattern_network(
     infection = load_network(weights, device, compile=False, size=size)
     unet = load_authors_checkpoint(InfNetUNet(), pattern_weights).eval()
     return InfectionPatternNetwork(infection, optimize_for_inference(unet, device)).eval()
-
-
-# Slices over which building the compiled package pays for itself within one CPU run: on the
-# 2-core CPU of benchmarks/RESULTS.md a build takes 30-60 s and the package saves about 25 ms per
-# 352x352 slice, so a build is repaid after 1,200-2,400 slices; later runs load the package in
-# about a second and gain from the first slice.
-COMPILE_MIN_SLICES = 2000
-
-
-def compile_pays_off(
-    inputs: str | Path | Sequence[str | Path] | Sequence[dict], device: str | torch.device | None = None
-) -> bool:
-    """Whether a run over ``inputs`` (paths, globs, folders, or a ``[{"image": path}]`` datalist)
-    is long enough to pay back building the compiled package: on the CPU, at least
-    :data:`COMPILE_MIN_SLICES` axial slices in all (counted from the headers, no voxels read).
-    Packages are CPU-only, so never on a GPU."""
-    if default_device(device).type != "cpu":
-        return False
-    items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
-    paths = [i["image"] if isinstance(i, dict) else i for i in items]
-    try:
-        volumes = expand_inputs([str(p) for p in paths])
-    except Exception:  # noqa: BLE001 - bad inputs are reported when they are read
-        return False
-    total = 0
-    for path in volumes:
-        total += estimated_slices(path)
-        if total >= COMPILE_MIN_SLICES:
-            return True
-    return False
-
-
-def compile_choice(
-    inputs: str | Path | Sequence[str | Path] | Sequence[dict],
-    device: str | torch.device | None = None,
-    precision: str | None = None,
-    requested: bool | None = None,
-) -> bool | None:
-    """``compile`` for :func:`load_network`: ``requested`` when given (CLI ``--compile on|off``);
-    without it True (build the compiled package if missing) when the run pays back a build
-    (:func:`compile_pays_off`), else None (use a package built before, if any). Packages run
-    fp32 or bf16: fp16 gives False, and refuses ``requested=True`` (ValueError)."""
-    if (precision or "fp32") not in PACKAGE_PRECISIONS:
-        if requested:
-            raise ValueError(f"--compile on runs fp32 or bf16; leave out --precision {precision} or use --compile off")
-        return False
-    if requested is not None:
-        return requested
-    return True if compile_pays_off(inputs, device) else None
-
-
-def default_batch_size(device: str | torch.device | None = None) -> int:
-    """Slices per network call: 32 on a GPU (keeps it busy), 2 on the CPU (on the 2-core CPU of
-    ``benchmarks/RESULTS.md`` 2 or 4 slices per call are fastest; 8 leave the caches and take
-    15-30 % longer per slice)."""
-    return 32 if default_device(device).type == "cuda" else 2
-
-
-# autocast dtype of each precision (None: full fp32)
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def default_precision(device: str | torch.device | None = None) -> str:
-    """``"bf16"`` on a CPU with native bf16 (AMX or AVX512-BF16 in its flags: oneDNN runs bf16
-    convolutions at several times the fp32 rate), ``"fp32"`` elsewhere (GPUs included).
-
-    With the shipped model, bf16 masks agree with fp32 ones to Dice 0.9967 on the example CT and
-    0.9973 on the shared DICOM series, involvement within 0.001 percentage points (tested in
-    ``tests/test_shipped_model.py``); ``--precision fp32`` keeps the exact path. Compiled
-    packages are built for either (:func:`load_network`).
-    """
-    return "bf16" if default_device(device).type == "cpu" and native_bf16() else "fp32"
 
 
 class InfNetSliceInferer(SliceInferer):

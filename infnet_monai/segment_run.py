@@ -31,7 +31,8 @@ from infnet_monai.cohort import (
     summary_line,
     summary_row,
 )
-from infnet_monai.inference import default_device, mask_saver, require_weights
+from infnet_monai.inference import mask_saver, require_weights
+from infnet_monai.runtime import default_device
 from infnet_monai.labels import class_names, labels_of, sidecar_path, write_label_sidecar
 from infnet_monai.dicom.outputs import (
     dicom_input_problem,
@@ -61,12 +62,12 @@ class SegmentOptions:
     input (None: the model's own, :func:`infnet_monai.shipped.network_size`).
     ``batch_size``: slices per network call (None: 32 on a GPU, 2 on the CPU). ``precision``:
     network precision ("fp32", or "fp16"/"bf16" autocast; None: bf16 on CPUs with native bf16,
-    fp32 elsewhere and with ``compile=True``, :func:`~infnet_monai.inference.default_precision`). ``slice_crop``:
+    fp32 elsewhere and with ``compile=True``, :func:`~infnet_monai.runtime.default_precision`). ``slice_crop``:
     infer only the slices near the lungs. ``prefetch``: preprocess the next volume during the
     current one's inference (None: on a GPU only; on a 2-core CPU both compete for the cores).
     ``compile`` (CPU, fp32): run the network from its compiled package, True building it when
     missing, False never; None: a package built before is used, and one is built when the run is
-    long enough to pay back the build (:func:`~infnet_monai.inference.compile_choice`).
+    long enough to pay back the build (:func:`~infnet_monai.runtime.compile_choice`).
     ``classes``: ``"infection"`` (mask 0/1, ``<name>_seg.nii.gz``) or ``"patterns"`` (labelmap
     0 background, 1 ground-glass opacity, 2 consolidation, ``<name>_patterns.nii.gz`` with a
     ``<name>_patterns.json`` naming the labels; the Inf-Net's prior through the multi-class UNet

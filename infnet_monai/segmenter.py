@@ -23,15 +23,8 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
-from infnet_monai.inference import (
-    VolumeResult,
-    compile_choice,
-    default_precision,
-    infer_volume,
-    load_network,
-    load_pattern_network,
-    slice_inferer,
-)
+from infnet_monai.inference import VolumeResult, infer_volume, load_network, load_pattern_network, slice_inferer
+from infnet_monai.runtime import compile_choice, default_precision
 from infnet_monai.shipped import network_size
 from infnet_monai.transforms.chain import DEFAULT_WINDOW_HU, ct_postprocessing, ct_preprocessing
 

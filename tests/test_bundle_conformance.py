@@ -321,7 +321,7 @@ def test_inference_config_resolves_every_id(ct_dir, tmp_path, tmp_path_factory):
     value = {i: parser.get_parsed_content(i) for i in ids if i not in EXECUTABLE_IDS}
     assert value["datalist"] == [{"image": str(ct_dir / "phantom.nii.gz")}]
     assert value["device"] == torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    from infnet_monai.inference import default_precision
+    from infnet_monai.runtime import default_precision
 
     assert value["precision"] == default_precision(value["device"])  # bf16 on CPUs with native bf16
     assert isinstance(value["network_def"], InfNet)

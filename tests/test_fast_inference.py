@@ -17,15 +17,8 @@ from monai.transforms import Compose, CropForegroundd
 from scipy import ndimage
 from torch import nn
 
-from infnet_monai.inference import (
-    COMPILE_MIN_SLICES,
-    compile_choice,
-    compile_pays_off,
-    default_precision,
-    infer_volume,
-    load_network,
-    slice_inferer,
-)
+from infnet_monai.inference import infer_volume, load_network, slice_inferer
+from infnet_monai.runtime import COMPILE_MIN_SLICES, compile_choice, compile_pays_off, default_precision
 from infnet_monai.networks import InfNet
 from infnet_monai.networks.fuse import fold_batchnorm
 from infnet_monai.networks import packaged

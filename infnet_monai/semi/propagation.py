@@ -33,7 +33,7 @@ from monai.utils import set_determinism
 from tqdm import tqdm
 
 from infnet_monai.data import semiseg_datalist
-from infnet_monai.inference import default_device
+from infnet_monai.runtime import default_device
 from infnet_monai.losses import DeepSupervisionLoss
 from infnet_monai.networks import InfNet
 from infnet_monai.utils import atomic_output
