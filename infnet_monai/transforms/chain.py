@@ -256,7 +256,9 @@ class UndoOrientationd(MapTransform):
     def __call__(self, data):
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key] = self.orientation.inverse(d[key])
+            labels = d[key]  # the inverse pops its record: work on a view, the item may be postprocessed again
+            view = MetaTensor(labels.as_tensor(), meta=dict(labels.meta), applied_operations=list(labels.applied_operations))
+            d[key] = self.orientation.inverse(view)
         return d
 
 
