@@ -61,8 +61,7 @@ def machine_line() -> str:
 # ------------------------------------------------------------------------------------------
 def _phantom_volume(slices: int) -> tuple[np.ndarray, np.ndarray]:
     """512x512 chest phantom (0.8 mm pixels) with lungs in the middle 80 % of ``slices``."""
-    sys.path.insert(0, str(REPO / "tests"))
-    from phantoms import affine_for, chest_phantom
+    from infnet_monai.data.phantoms import affine_for, chest_phantom
 
     spacing = (0.8, 0.8, 300.0 / slices)
     lung_part = max(2, int(round(0.8 * slices)))

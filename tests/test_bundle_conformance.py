@@ -50,7 +50,7 @@ from bundle_helpers import (
     write_semiseg_slices,
 )
 from conftest import BUNDLE_DIR, REPO_ROOT
-from phantoms import affine_for, chest_phantom, save_nifti
+from infnet_monai.data.phantoms import affine_for, chest_phantom, save_nifti
 
 # --------------------------------------------------------------------------------------------
 # The MONAI Bundle specification's metadata requirements, encoded as a JSON schema (the published

@@ -20,7 +20,7 @@ from infnet_monai.cohort import RunLedger, pending_datalist, select_part, summar
 
 from bundle_helpers import CONFIGS_DIR, INFERENCE_FILE
 from conftest import REPO_ROOT
-from phantoms import affine_for, chest_phantom, save_nifti
+from infnet_monai.data.phantoms import affine_for, chest_phantom, save_nifti
 from test_segment_cli import weights  # noqa: F401 - the module's random-weights fixture
 
 SPACING = (2.4, 2.4, 6.0)

@@ -401,7 +401,7 @@ def _outputs_of(out: Path) -> set[str]:
 
 
 def test_nifti_input_with_dicom_seg_is_a_one_line_error(tmp_path, stand_in_network, capsys):
-    from phantoms import affine_for, chest_phantom, save_nifti
+    from infnet_monai.data.phantoms import affine_for, chest_phantom, save_nifti
 
     path = save_nifti(tmp_path / "case.nii.gz", chest_phantom((64, 64, 4)), affine_for((3.0, 3.0, 6.0)))
     assert _segment(path, tmp_path / "out", _weights(tmp_path), "--output-type", "dicom-seg") != 0

@@ -13,7 +13,7 @@ from infnet_monai.transforms.chain import IMAGENET_MEAN, IMAGENET_STD, ct_postpr
 
 from infnet_monai.transforms.lung import dilate_mm, lung_labels
 
-from phantoms import affine_for, chest_phantom, save_nifti
+from infnet_monai.data.phantoms import affine_for, chest_phantom, save_nifti
 
 
 class IntensityAsLogit(nn.Module):

@@ -26,7 +26,7 @@ from infnet_monai.data.inputs import CTInputError, expand_inputs
 from infnet_monai.utils import OutputDirError, atomic_output, prepare_output_dir, remove_stale_temporaries
 
 import test_io
-from phantoms import affine_for, chest_phantom, save_nifti
+from infnet_monai.data.phantoms import affine_for, chest_phantom, save_nifti
 from test_io import synthetic_hu, write_ct_series
 from test_segment_cli import weights  # noqa: F401 - the module's random-weights fixture
 

@@ -21,7 +21,7 @@ from infnet_monai.predict_slices import infection_priors
 from infnet_monai.report.burden import infection_burden
 from infnet_monai.transforms.chain import ct_postprocessing, ct_preprocessing, network_input_batch
 
-from phantoms import affine_for, chest_phantom, save_nifti
+from infnet_monai.data.phantoms import affine_for, chest_phantom, save_nifti
 from test_segment_cli import weights  # noqa: F401 - random Inf-Net with centred logits
 
 SPACING = (2.4, 2.4, 6.0)

@@ -18,7 +18,7 @@ from infnet_monai.transforms import LoadCT
 from infnet_monai.transforms.chain import ct_postprocessing, ct_preprocessing
 
 from conftest import BUNDLE_DIR, REPO_ROOT
-from phantoms import affine_for, chest_phantom, save_nifti
+from infnet_monai.data.phantoms import affine_for, chest_phantom, save_nifti
 from test_inference import IntensityAsLogit
 
 

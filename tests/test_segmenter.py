@@ -17,7 +17,7 @@ from infnet_monai.segmenter import Segmenter
 from infnet_monai.data.inputs import CTInputError
 
 from conftest import REPO_ROOT
-from phantoms import affine_for, chest_phantom, save_nifti
+from infnet_monai.data.phantoms import affine_for, chest_phantom, save_nifti
 from test_segment_cli import weights  # noqa: F401 - the module's random-weights fixture
 
 SPACING = (2.4, 2.4, 6.0)

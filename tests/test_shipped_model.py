@@ -20,7 +20,7 @@ from infnet_monai.shipped import BUNDLE_DIR, default_weights, network_size
 from infnet_monai.transforms.chain import ct_postprocessing, ct_preprocessing
 
 from conftest import REPO_ROOT
-from phantoms import affine_for, chest_phantom, save_nifti
+from infnet_monai.data.phantoms import affine_for, chest_phantom, save_nifti
 
 EXAMPLE_CT = REPO_ROOT / "examples" / "data" / "lung_pet_ct_dx_a0001_chest.nii.gz"
 

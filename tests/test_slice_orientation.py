@@ -17,7 +17,7 @@ from PIL import Image
 from infnet_monai.transforms.chain import ct_preprocessing
 from infnet_monai.transforms.train2d import slice_validation_transforms
 
-from phantoms import affine_for, chest_phantom, save_nifti
+from infnet_monai.data.phantoms import affine_for, chest_phantom, save_nifti
 
 
 def test_display_png_and_volume_slice_give_the_same_network_input(tmp_path):

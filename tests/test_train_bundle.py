@@ -17,7 +17,7 @@ from PIL import Image
 
 from bundle_helpers import copy_bundle, write_semiseg_slices
 from conftest import BUNDLE_DIR, REPO_ROOT
-from phantoms import affine_for, chest_phantom, save_nifti
+from infnet_monai.data.phantoms import affine_for, chest_phantom, save_nifti
 import infnet_monai.engines as engines
 from infnet_monai.engines import (
     AutocastInferer,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from phantoms import affine_for, chest_phantom, save_nifti
+from infnet_monai.data.phantoms import affine_for, chest_phantom, save_nifti
 
 from infnet_monai.data import nifti_pairs_datalist, semiseg_datalist, split_datalist, volume_stem
 from infnet_monai.transforms.chain import IMAGENET_MEAN, IMAGENET_STD

@@ -1,4 +1,4 @@
-"""Synthetic CT phantoms for tests: ellipsoid lungs in a body, written as NIfTI."""
+"""Synthetic chest CT phantoms (tests, benchmarks, examples): ellipsoid lungs in a body, in HU, written as NIfTI."""
 
 from __future__ import annotations
 
