@@ -140,27 +140,22 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
 
 def _prepare(args: argparse.Namespace) -> int:
     import time
-    import warnings
 
-    from infnet_monai.inference import load_network, require_weights
+    from infnet_monai.inference import prepare_package, require_weights
     from infnet_monai.runtime import default_batch_size, default_precision
-    from infnet_monai.networks.packaged import PackagedNetwork, package_path
     from infnet_monai.shipped import network_size
 
-    precision = args.precision or default_precision("cpu")
     weights = require_weights(args.weights)
-    size = args.image_size or network_size(weights)
-    batch = args.batch_size or default_batch_size("cpu")
+    size, batch = args.image_size or network_size(weights), args.batch_size or default_batch_size("cpu")
+    precision = args.precision or default_precision("cpu")
     start = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        network = load_network(weights, "cpu", compile=True, batch_size=batch, size=size, precision=precision)
-    if not isinstance(network, PackagedNetwork):
-        reason = str(caught[-1].message) if caught else "no package could be built"
-        print(f"infnet-monai prepare: error: {reason}", file=sys.stderr)
+    try:
+        path = prepare_package(weights, batch, size, precision)
+    except RuntimeError as exc:
+        print(f"infnet-monai prepare: error: {exc}", file=sys.stderr)
         return 1
-    print(f"{package_path(weights, batch, size, precision)}: compiled network ready ({precision}, {batch} slices of "
-          f"{size}x{size} per call; {time.perf_counter() - start:.0f} s); segment runs use it from now on")
+    print(f"{path}: compiled network ready ({precision}, {batch} slices of {size}x{size} per call; "
+          f"{time.perf_counter() - start:.0f} s); segment runs use it from now on")
     return 0
 
 
@@ -193,6 +188,8 @@ def _add_summarize(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("output_dir", metavar="OUT_DIR", help="the -o folder of the segment runs")
     p.set_defaults(func=_summarize)
+
+
 def _predict_slices(args: argparse.Namespace) -> int:
     from infnet_monai.predict_slices import predict_slices
 

@@ -119,10 +119,10 @@ def summary_row(
     the same grid) or a burden ``report``, the lung mL and percent involvement as the burden
     report counts them (:func:`~infnet_monai.report.burden.infection_burden`)."""
     from infnet_monai.report.burden import infection_burden
-    from infnet_monai.utils.geometry import affine_of, axial_axis, voxel_volume_ml
+    from infnet_monai.utils.geometry import affine_of, axial_axis, volume_array, voxel_volume_ml
 
     affine = np.asarray(affine_of(mask))
-    values = np.asarray(mask.detach().cpu() if hasattr(mask, "detach") else mask)
+    values = volume_array(mask)
     if report is None and lung is not None:
         report = infection_burden(lung, mask, affine=affine)
     infected = report["infection_ml"]["total"] if report else int(np.count_nonzero(values)) * voxel_volume_ml(affine)
@@ -130,7 +130,7 @@ def summary_row(
         "input": str(input_path),
         "output": str(output),
         "status": status,
-        "slices": int(values.shape[-3:][axial_axis(affine)]),
+        "slices": int(values.shape[axial_axis(affine)]),
         "inferred_slices": "" if inferred_slices is None else int(inferred_slices),
         "seconds": "" if seconds is None else f"{seconds:.2f}",
         "infected_ml": f"{infected:.2f}",
@@ -177,9 +177,6 @@ class RunLedger:
         """Refuse foreign files where the tables go (before any work)."""
         self._summary = {r["input"]: r for r in _read_rows(self.summary_path, SUMMARY_COLUMNS)}
         self._failures = {r["input"]: r for r in _read_rows(self.failures_path, FAILURE_COLUMNS)}
-
-    def outputs(self) -> list[Path]:
-        return [self.summary_path, self.failures_path]
 
     def has(self, input_path: str | os.PathLike) -> bool:
         return str(input_path) in self._summary

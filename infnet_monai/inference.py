@@ -38,6 +38,7 @@ __all__ = [
     "require_weights",
     "load_network",
     "load_pattern_network",
+    "prepare_package",
     "InfNetSliceInferer",
     "slice_inferer",
     "mask_saver",
@@ -110,6 +111,30 @@ def load_network(
         return eager()
     return packaged_network(weights, eager, batch_size or default_batch_size(device), size, build=compile,
                             precision=precision)
+
+
+def prepare_package(
+    weights: str | Path | None = None, batch_size: int | None = None, size: int | None = None,
+    precision: str | None = None,
+) -> Path:
+    """Build the compiled CPU package of :func:`load_network` for ``weights`` (None: the shipped
+    model), ``batch_size`` slices of ``size`` px in ``precision`` (None: the CPU's defaults), or
+    find the one built before; returns its path (``infnet-monai prepare``). Raises
+    ``RuntimeError`` with the one-line reason when no package could be built or loaded."""
+    import warnings
+
+    from infnet_monai.networks.packaged import PackagedNetwork, package_path
+
+    weights = require_weights(weights)
+    size = size or network_size(weights)
+    batch_size = batch_size or default_batch_size("cpu")
+    precision = precision or default_precision("cpu")
+    with warnings.catch_warnings(record=True) as caught:  # packaged_network warns and falls back to eager
+        warnings.simplefilter("always")
+        network = load_network(weights, "cpu", compile=True, batch_size=batch_size, size=size, precision=precision)
+    if not isinstance(network, PackagedNetwork):
+        raise RuntimeError(str(caught[-1].message) if caught else "no compiled package could be built")
+    return package_path(weights, batch_size, size, precision)
 
 
 def load_pattern_network(

@@ -21,6 +21,7 @@ from monai.utils import ImageMetaKey
 
 __all__ = [
     "CASE_NAME_KEY",
+    "MASK_POSTFIXES",
     "case_name",
     "output_file",
     "CaseFolderLayout",
@@ -31,6 +32,8 @@ __all__ = [
 
 CASE_NAME_KEY = "case_name"  # meta key: the case name the reader decided
 _STRIPPED = (".nii.gz", ".nii", ".dcm", ".mha", ".mhd", ".nrrd")
+# postfixes of a mask's and its probabilities' file names, by what the mask holds (``classes``)
+MASK_POSTFIXES = {"infection": ("seg", "prob"), "patterns": ("patterns", "patterns_prob")}
 
 
 def case_name(path: str | os.PathLike, series_uid: str | None = None) -> str:

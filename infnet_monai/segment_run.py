@@ -28,7 +28,6 @@ from infnet_monai.cohort import (
     part_suffix,
     rank_device,
     select_part,
-    summary_line,
     summary_row,
 )
 from infnet_monai.inference import mask_saver, require_weights
@@ -42,7 +41,7 @@ from infnet_monai.dicom.outputs import (
     segment_dicom_outputs,
     writes_nifti,
 )
-from infnet_monai.naming import case_name, check_output_names, output_file
+from infnet_monai.naming import MASK_POSTFIXES, case_name, check_output_names, output_file
 from infnet_monai.report.burden import check_report_csv
 from infnet_monai.segmenter import Segmenter
 from infnet_monai.transforms.chain import DEFAULT_WINDOW_HU
@@ -130,10 +129,6 @@ def _write_report(path: Path, result, opts: SegmentOptions) -> dict:
     )
 
 
-# postfixes of the mask's and the probabilities' names by what the mask holds
-_POSTFIXES = {"infection": ("seg", "prob"), "patterns": ("patterns", "patterns_prob")}
-
-
 def _report_case(path: Path, opts: SegmentOptions) -> str:
     """The case name of a volume's burden report and QC image (a patterns run's carry ``_patterns``)."""
     return case_name(path, opts.series_uid) + ("_patterns" if opts.classes == "patterns" else "")
@@ -182,7 +177,7 @@ def _write_error(exc: BaseException, target: Path) -> str:
 def _outputs(path: Path, opts: SegmentOptions) -> list[Path]:
     """Every file a volume's run writes, the mask first (:mod:`infnet_monai.naming`)."""
     case, out = case_name(path, opts.series_uid), Path(opts.output_dir)
-    mask_postfix, prob_postfix = _POSTFIXES[opts.classes]
+    mask_postfix, prob_postfix = MASK_POSTFIXES[opts.classes]
     files = [output_file(case, out, mask_postfix)] if writes_nifti(opts.output_type) else []
     if opts.classes == "patterns" and files:
         files.append(sidecar_path(files[0]))  # the label names
@@ -230,7 +225,7 @@ def segment_volumes(inputs: Sequence[str], opts: SegmentOptions) -> int:
     (writable, free space; :class:`~infnet_monai.utils.OutputDirError`).
     """
     num_parts, part_id = opts.part()
-    if opts.device is None and rank_device() is not None:
+    if opts.device is None:
         opts = replace(opts, device=rank_device())  # torchrun on a GPU machine: one GPU per rank
     skipped: list[str] = []
     paths = expand_inputs(inputs, skipped)
@@ -268,10 +263,8 @@ def segment_volumes(inputs: Sequence[str], opts: SegmentOptions) -> int:
             ledger.done(_kept_row(path, outputs[path], opts))
     try:
         failures = len(skipped) + len(refused) + _segment_todo(todo, targets, weights, opts, ledger)
-        if opts.num_parts is None and opts.part_id is None:
-            merged = merge_when_all_parts_done(opts.output_dir)  # torchrun: rank 0 merges the ranks' tables
-            if merged is not None:
-                print(summary_line(opts.output_dir, merged))
+        if opts.num_parts is None and opts.part_id is None:  # torchrun: rank 0 merges the ranks' tables
+            merge_when_all_parts_done(opts.output_dir, print_summary=True)
         return failures
     finally:
         if created and Path(opts.output_dir).is_dir() and not any(Path(opts.output_dir).iterdir()):
@@ -301,7 +294,7 @@ def _segment_todo(
         pattern_weights=opts.pattern_weights, keep_prob=opts.save_prob, series_uid=opts.series_uid,
         progress=opts.progress, compile_for=todo,
     )
-    mask_postfix, prob_postfix = _POSTFIXES[opts.classes]
+    mask_postfix, prob_postfix = MASK_POSTFIXES[opts.classes]
     save_mask = mask_saver(opts.output_dir, mask_postfix, np.uint8)
     save_prob = mask_saver(opts.output_dir, prob_postfix, np.float32)
     prefetch = default_device(opts.device).type == "cuda" if opts.prefetch is None else opts.prefetch
@@ -324,9 +317,10 @@ def _segment_todo(
                 timings.watch(segmenter.network)
             result = segmenter.infer(item)
         except Exception as exc:  # noqa: BLE001 - one volume's failure must not stop the others
-            print(f"error: {_root_cause(exc, path)}", file=sys.stderr)
+            line = _root_cause(exc, path)
+            print(f"error: {line}", file=sys.stderr)
             failures += 1
-            ledger.failed(path, _root_cause(exc, path))
+            ledger.failed(path, line)
             continue
         lung = result.item.get("lung")
         if lung is not None and not bool((lung == 1).any() or (lung == 2).any()):
@@ -351,12 +345,13 @@ def _segment_todo(
                 report=report,
             ))
         except Exception as exc:  # noqa: BLE001 - a full or read-only disk fails every later volume too
-            print(f"error: {_write_error(exc, target)}", file=sys.stderr)
+            line = _write_error(exc, target)
+            print(f"error: {line}", file=sys.stderr)
             left = len(todo) - done - 1
             if left:
                 print(f"error: {left} more volume(s) not segmented after the write error", file=sys.stderr)
             try:
-                ledger.failed(path, _write_error(exc, target))
+                ledger.failed(path, line)
                 for later in todo[done + 1:]:
                     ledger.failed(later, f"{later}: not segmented after the write error on {target}")
             except OSError:

@@ -28,7 +28,7 @@ from infnet_monai.data.dicom_series import (
     _header_meta,
     _read_dicom_pixels,
     _sorted_series,
-    list_dicom_series,
+    pick_series,
 )
 from infnet_monai.data.inputs import (
     VOLUME_KINDS,
@@ -136,18 +136,7 @@ class CTReader(ImageReader):
 
     def _read_dicom(self, path: Path) -> _CTImage:
         if path.is_dir():
-            series = list_dicom_series(path)
-            listing = "; ".join(str(s) for s in series)
-            if self.series_uid is not None:
-                series = [s for s in series if s.uid == self.series_uid]
-                if not series:
-                    raise CTInputError(f"{path}: no series with SeriesInstanceUID {self.series_uid}; found {listing}")
-            elif len(series) > 1:
-                raise CTInputError(
-                    f"{path}: holds {len(series)} DICOM series; pick one with --series UID (series_uid in Python "
-                    f"and the bundle): {listing}"
-                )
-            info = series[0]
+            info = pick_series(path, self.series_uid)
         else:
             try:
                 header = _read_header(path)

@@ -16,7 +16,7 @@ from pydicom.multival import MultiValue
 
 from infnet_monai.data.inputs import _UNKNOWN_FIX, CTInputError, _folder_files, _looks_dicom, _one_line, _read_header
 
-__all__ = ["SeriesInfo", "list_dicom_series"]
+__all__ = ["SeriesInfo", "list_dicom_series", "pick_series"]
 
 
 @dataclass(frozen=True)
@@ -132,6 +132,23 @@ def list_dicom_series(folder: PathLike) -> list[SeriesInfo]:
     if not groups:
         raise CTInputError(f"{folder}: no DICOM image files found; {_UNKNOWN_FIX}")
     return [_sorted_series(headers) for _, headers in sorted(groups.items())]
+
+
+def pick_series(folder: PathLike, series_uid: str | None = None) -> SeriesInfo:
+    """The series of ``folder`` to read: the one with ``series_uid``, else the only one; a
+    ``CTInputError`` listing the series when it is missing or the choice is ambiguous."""
+    series = list_dicom_series(folder)
+    listing = "; ".join(str(s) for s in series)
+    if series_uid is not None:
+        series = [s for s in series if s.uid == series_uid]
+        if not series:
+            raise CTInputError(f"{folder}: no series with SeriesInstanceUID {series_uid}; found {listing}")
+    elif len(series) > 1:
+        raise CTInputError(
+            f"{folder}: holds {len(series)} DICOM series; pick one with --series UID (series_uid in Python "
+            f"and the bundle): {listing}"
+        )
+    return series[0]
 
 
 def _check_slice_geometry(folder: Path, series: SeriesInfo) -> None:

@@ -22,7 +22,8 @@ from monai.transforms import MapTransform
 from monai.utils import ImageMetaKey
 
 from infnet_monai.dicom.source import dicom_source_problem
-from infnet_monai.naming import CASE_NAME_KEY, case_name, output_file
+from infnet_monai.naming import CASE_NAME_KEY, MASK_POSTFIXES, case_name, output_file
+from infnet_monai.utils.geometry import volume_array
 
 __all__ = [
     "OUTPUT_TYPES",
@@ -108,17 +109,13 @@ def write_dicom_outputs(
     from infnet_monai.dicom.source import read_source_series, volume_slices
 
     files = dicom_output_files(case_name(source, series_uid), output_dir,
-                               postfix or ("patterns" if classes == "patterns" else "seg"), output_type)
+                               postfix or MASK_POSTFIXES[classes][0], output_type)
     if not files:
         return []
     series = read_source_series(source, series_uid)
-    volume = np.asarray(pred.detach().cpu() if hasattr(pred, "detach") else pred)
-    volume = volume[0] if volume.ndim == 4 else volume
+    volume = volume_array(pred)
     affine = np.asarray(pred.affine, dtype=np.float64)
-    lung_volume = None
-    if lung is not None:
-        lung_volume = np.asarray(lung.detach().cpu() if hasattr(lung, "detach") else lung)
-        lung_volume = lung_volume[0] if lung_volume.ndim == 4 else lung_volume
+    lung_volume = None if lung is None else volume_array(lung)
     labels = volume_slices(volume.astype(np.uint8), affine, series)
     description = burden_description(volume, affine, classes, lung_volume)
     algorithm = algorithm_identification(classes, weights, pattern_weights, parameters)

@@ -146,7 +146,6 @@ def write_seg(
                 source.PixelSpacing, source.get("SliceThickness") or None, source.get("SpacingBetweenSlices") or None,
             ),
         }
-    name = "patterns" if classes == "patterns" else "infection"
     with quiet_highdicom():
         seg = hd.seg.Segmentation(
             source_images=list(series.headers),
@@ -162,9 +161,9 @@ def write_seg(
             software_versions=package_version(),
             device_serial_number=algorithm[0].AlgorithmVersion.rsplit(":", 1)[-1][:64],
             omit_empty_frames=True,
-            series_description=f"Inf-Net {name} segmentation"[:64],
-            content_label=name.upper()[:16],
-            content_description=(description or f"Inf-Net {name}")[:64],
+            series_description=f"Inf-Net {classes} segmentation"[:64],
+            content_label=classes.upper()[:16],
+            content_description=(description or f"Inf-Net {classes}")[:64],
             **geometry,
         )
     with atomic_output(path, overwrite=overwrite) as tmp:

@@ -18,7 +18,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from infnet_monai.data.dicom_series import list_dicom_series
+from infnet_monai.data.dicom_series import list_dicom_series, pick_series
 from infnet_monai.data.inputs import CTInputError, input_kind, volume_folders_below
 
 __all__ = [
@@ -73,19 +73,6 @@ def _missing(header: Dataset) -> list[str]:
     return [k for k in SEG_REQUIRED if k not in header or header[k].value in (None, "", b"")]
 
 
-def _pick(path: Path, series_uid: str | None):
-    """The series of folder ``path`` that ``CTReader`` reads (``series_uid``, else the only one);
-    raises ``CTInputError`` as the reader does."""
-    series = list_dicom_series(path)
-    if series_uid is not None:
-        series = [s for s in series if s.uid == series_uid]
-        if not series:
-            raise CTInputError(f"{path}: no series with SeriesInstanceUID {series_uid}")
-    elif len(series) > 1:
-        raise CTInputError(f"{path}: holds {len(series)} DICOM series; pick one with --series UID")
-    return series[0]
-
-
 def _kind_problem(path: Path) -> str | None:
     kind = input_kind(path)
     if kind == "nifti":
@@ -126,7 +113,7 @@ def read_source_series(path: str | Path, series_uid: str | None = None) -> Sourc
     problem = _kind_problem(path)
     if problem:
         raise CTInputError(problem)
-    info = _pick(path, series_uid)
+    info = pick_series(path, series_uid)
     headers = _headers(info.files)
     _check_headers(info.files, headers)
     for header in headers:
@@ -145,7 +132,7 @@ def dicom_source_problem(path: str | Path, series_uid: str | None = None) -> str
     if problem or input_kind(path) != "dicom_folder":
         return problem
     try:
-        info = _pick(path, series_uid)
+        info = pick_series(path, series_uid)
         _check_headers(info.files, _headers(info.files))
     except SegSourceError as exc:
         return str(exc)

@@ -33,7 +33,7 @@ from scipy import ndimage
 from infnet_monai.transforms.lung import LEFT_LUNG, RIGHT_LUNG, THORAX, dilate_mm, label_sides
 from infnet_monai.transforms.lung_common import bbox, margin_voxels
 from infnet_monai.utils import atomic_output
-from infnet_monai.utils.geometry import affine_of, axial_axis, slice_z_mm, voxel_spacing, voxel_volume_ml
+from infnet_monai.utils.geometry import affine_of, axial_axis, slice_z_mm, volume_array, voxel_spacing, voxel_volume_ml
 
 __all__ = [
     "report_columns",
@@ -55,11 +55,6 @@ def severity_score(percent: float) -> int:
     if not 0.0 <= percent <= 100.0 + 1e-9:
         raise ValueError(f"percent involvement must lie in [0, 100], got {percent}")
     return 0 if percent == 0 else min(4, max(1, math.ceil(percent / 25.0 - 1e-12)))
-
-
-def _volume(x: Any) -> np.ndarray:
-    a = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
-    return a[0] if a.ndim == 4 and a.shape[0] == 1 else a
 
 
 def _sided_lung(lung: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -88,7 +83,7 @@ def _attached_sides(lung: np.ndarray, outside: np.ndarray, affine: np.ndarray, a
     if box is None:
         return sides
     near = dilate_mm(lung[box] > 0, spacing, attach_mm)
-    comps, count = ndimage.label(outside[box])
+    comps, _ = ndimage.label(outside[box])
     attached = np.unique(comps[near & outside[box]])
     parts = ndimage.find_objects(comps)
     for value in attached[attached > 0]:
@@ -125,8 +120,8 @@ def infection_burden(
     if affine is None:
         affine = getattr(infection, "affine", None)
     affine = affine_of(lung, affine)
-    labels_np = _volume(infection)
-    lung_np, infection_np = _volume(lung), labels_np > 0
+    labels_np = volume_array(infection)
+    lung_np, infection_np = volume_array(lung), labels_np > 0
     if lung_np.shape != infection_np.shape:
         raise ValueError(f"lung mask shape {lung_np.shape} differs from infection mask shape {infection_np.shape}")
     lung_np = _sided_lung(lung_np, affine)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "volume_array",
     "RAS_LABELS",
     "affine_of",
     "voxel_spacing",
@@ -25,6 +26,13 @@ __all__ = [
 
 # World axis ends (negative, positive) of MONAI affines, for Orientation(labels=...).
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+
+
+def volume_array(x: Any) -> np.ndarray:
+    """A volume ``(1, X, Y, Z)`` or ``(X, Y, Z)`` (tensor, MetaTensor or array) as a NumPy
+    ``(X, Y, Z)`` array on the host."""
+    a = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+    return a[0] if a.ndim == 4 and a.shape[0] == 1 else a
 
 
 def affine_of(img: Any, affine: Any = None) -> np.ndarray:
