@@ -44,7 +44,7 @@ SHARED_SERIES = REPO.parent / "shared" / "data" / "ct-dicom" / "lung-pet-ct-dx-A
 
 def network_rows(size: int, batch: int, repeats: int, cache: Path) -> tuple[dict, float]:
     """ms/slice of the shipped network in each form, and the bf16 package's build seconds."""
-    from infnet_monai.inference import load_network
+    from infnet_monai.runtime import load_network
 
     os.environ["INFNET_MONAI_CACHE"] = str(cache)
     image = torch.rand(1, size, size, 8)

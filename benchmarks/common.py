@@ -171,7 +171,7 @@ def model_runner(
 def use_fresh_package_cache(work_dir: Path = DEFAULT_WORK_DIR) -> Path:
     """Point the compiled-package cache of this process (and its children) at a new empty folder
     under ``work_dir``, so that a package is built, and timed, by this benchmark run."""
-    from infnet_monai.networks.packaged import CACHE_ENV
+    from infnet_monai.runtime.packaged import CACHE_ENV
 
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="package_cache_", dir=work_dir)
@@ -182,7 +182,7 @@ def package_seconds(weights: Path, batch_size: int) -> tuple[float, float]:
     """(build, load) seconds of the compiled package for ``batch_size`` slices per call: the first
     :func:`load_network` with ``compile=True`` (weights read, network exported and compiled), then
     a second load that finds the package built (what every later run pays)."""
-    from infnet_monai.inference import load_network
+    from infnet_monai.runtime import load_network
 
     start = time.perf_counter()
     load_network(weights, "cpu", compile=True, batch_size=batch_size)
@@ -251,7 +251,7 @@ def pipeline_parts(
     :func:`package_seconds`), else the eager one."""
     from monai.inferers import SliceInferer
 
-    from infnet_monai.inference import load_network
+    from infnet_monai.runtime import load_network
     from infnet_monai.segmenter import Segmenter
     from infnet_monai.transforms.chain import NETWORK_SIZE, ct_postprocessing, ct_preprocessing
 

@@ -80,8 +80,8 @@ def network_variants(
 ) -> tuple[dict[str, tuple[torch.nn.Module, torch.dtype | None]], tuple[float, float]]:
     """The optimisations one by one: label -> (network, autocast dtype or None), and the (build,
     load) seconds of the compiled package (for slice batches of ``batch``)."""
-    from infnet_monai.inference import load_network
-    from infnet_monai.networks.optimize import optimize_for_inference
+    from infnet_monai.runtime import load_network
+    from infnet_monai.runtime.optimize import optimize_for_inference
 
     plain = load_network(weights, "cpu", optimize=False)
     package_s = package_seconds(weights, batch)

@@ -41,7 +41,8 @@ from common import (
 )
 
 from infnet_monai.data import semiseg_datalist  # noqa: E402
-from infnet_monai.inference import infer_volume, slice_inferer  # noqa: E402
+from infnet_monai.inference import infer_volume  # noqa: E402
+from infnet_monai.inferers import slice_inferer  # noqa: E402
 from infnet_monai.runtime import PRECISIONS
 from infnet_monai.transforms.train2d import slice_validation_transforms  # noqa: E402
 

@@ -27,7 +27,9 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from infnet_monai.inference import infer_volume, load_network, mask_saver, slice_inferer
+from infnet_monai.inference import infer_volume, mask_saver
+from infnet_monai.inferers import slice_inferer
+from infnet_monai.runtime import load_network
 from infnet_monai.networks import InfNet
 from infnet_monai.transforms import LoadCT
 from infnet_monai.transforms.chain import ct_postprocessing, ct_preprocessing

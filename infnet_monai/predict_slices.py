@@ -21,8 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from infnet_monai.data.semiseg import IMAGE_SUFFIXES
-from infnet_monai.inference import load_network, load_pattern_network, require_weights
-from infnet_monai.runtime import default_device
+from infnet_monai.runtime import default_device, load_network, load_pattern_network, require_weights
 from infnet_monai.labels import class_folder
 from infnet_monai.shipped import network_size
 from infnet_monai.transforms.train2d import slice_validation_transforms

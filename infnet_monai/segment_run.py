@@ -10,8 +10,6 @@ next volume is read and preprocessed in a background thread while the current on
 
 from __future__ import annotations
 
-import errno
-import re
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -30,8 +28,8 @@ from infnet_monai.cohort import (
     select_part,
     summary_row,
 )
-from infnet_monai.inference import mask_saver, require_weights
-from infnet_monai.runtime import default_device
+from infnet_monai.inference import mask_saver
+from infnet_monai.runtime import default_device, require_weights
 from infnet_monai.labels import class_names, labels_of, sidecar_path, write_label_sidecar
 from infnet_monai.dicom.outputs import (
     dicom_input_problem,
@@ -44,9 +42,10 @@ from infnet_monai.dicom.outputs import (
 from infnet_monai.naming import MASK_POSTFIXES, case_name, check_output_names, output_file
 from infnet_monai.report.burden import check_report_csv
 from infnet_monai.segmenter import Segmenter
-from infnet_monai.transforms.chain import DEFAULT_WINDOW_HU
+from infnet_monai.defaults import DEFAULT_THRESHOLD, DEFAULT_WINDOW_HU
 from infnet_monai.data.inputs import CTInputError, estimated_slices, expand_inputs
 from infnet_monai.utils import prepare_output_dir
+from infnet_monai.utils.errors import failure_line, write_failure_line
 from infnet_monai.utils.prefetch import prefetch_map
 from infnet_monai.utils.timing import RunTimings
 
@@ -92,7 +91,7 @@ class SegmentOptions:
     prefetch: bool | None = None
     compile: bool | None = None
     restrict_to_lung: bool = True
-    threshold: float = 0.5
+    threshold: float = DEFAULT_THRESHOLD
     save_prob: bool = False
     overwrite: bool = False
     series_uid: str | None = None
@@ -117,14 +116,13 @@ def _write_report(path: Path, result, opts: SegmentOptions) -> dict:
     """Burden JSON, CSV row and QC PNG of a segmented volume, next to its mask; returns the report."""
     from monai.transforms import Orientation
 
-    from infnet_monai.report.run import load_volume, report_volumes
+    from infnet_monai.report.run import report_volumes
     from infnet_monai.utils.geometry import RAS_LABELS
 
-    ct = load_volume(path)
     to_ras = Orientation(axcodes="RAS", labels=RAS_LABELS)
     lung = result.item.get("lung")
     return report_volumes(
-        ct, to_ras(result.item["pred"]), None if lung is None else to_ras(lung), _report_case(path, opts),
+        to_ras(result.ct), to_ras(result.item["pred"]), None if lung is None else to_ras(lung), _report_case(path, opts),
         opts.output_dir, csv_path=_report_csv(opts), overwrite=True, classes=opts.classes,
     )
 
@@ -138,40 +136,6 @@ def _report_csv(opts: SegmentOptions) -> Path:
     """The run's burden table: one per output folder, kind of mask and part of a split run."""
     kind = "burden_patterns" if opts.classes == "patterns" else "burden"
     return Path(opts.output_dir) / f"{kind}{part_suffix(*opts.part())}.csv"
-
-
-def _root_cause(exc: BaseException, path: Path) -> str:
-    """One line for a failed volume: the CT input error when MONAI wrapped one, else the
-    innermost error prefixed with the input's path."""
-    chain = [exc]
-    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
-        chain.append(chain[-1].__cause__ or chain[-1].__context__)
-    for err in chain:
-        if isinstance(err, CTInputError):
-            return str(err)
-    inner = chain[-1]
-    return f"{path}: {inner.__class__.__name__}: {str(inner).splitlines()[0] if str(inner) else ''}"
-
-
-def _write_error(exc: BaseException, target: Path) -> str:
-    """One line for an output that could not be written. MONAI's ``SaveImage`` folds the
-    writer's error into a multi-line message; its last ``...Error: ...`` line is the cause."""
-    text = str(exc) if not isinstance(exc, OSError) else f"{exc.__class__.__name__}: [Errno {exc.errno}] {exc.strerror}"
-    causes = [line.strip() for line in text.splitlines() if re.match(r"\s*\w+(Error|Exception): ", line)]
-    cause = causes[-1] if causes else f"{exc.__class__.__name__}: {' '.join(text.split())}"
-    errno_match = re.search(r"\[Errno (\d+)\] ([^:']+)", cause)
-    if errno_match:  # the reason without the temporary file's name
-        number, reason = int(errno_match[1]), errno_match[2].strip()
-        fix = {
-            errno.ENOSPC: "free disk space or choose another -o",
-            errno.EDQUOT: "free space in your quota or choose another -o",
-            errno.EROFS: "choose a writable -o",
-            errno.EACCES: "choose a writable -o",
-            errno.EPERM: "choose a writable -o",
-            errno.EISDIR: "remove that folder or choose another -o",
-        }.get(number, "check the output folder")
-        return f"{target}: cannot write the output ({reason}); {fix}"
-    return f"{target}: cannot write the output ({cause}); check the output folder"
 
 
 def _outputs(path: Path, opts: SegmentOptions) -> list[Path]:
@@ -292,7 +256,7 @@ def _segment_todo(
         compile=opts.compile, window=opts.window, lung_crop=opts.lung_crop, slice_crop=opts.slice_crop,
         restrict_to_lung=opts.restrict_to_lung, threshold=opts.threshold, classes=opts.classes,
         pattern_weights=opts.pattern_weights, keep_prob=opts.save_prob, series_uid=opts.series_uid,
-        progress=opts.progress, compile_for=todo,
+        progress=opts.progress, compile_for=todo, keep_ct=opts.report,
     )
     mask_postfix, prob_postfix = MASK_POSTFIXES[opts.classes]
     save_mask = mask_saver(opts.output_dir, mask_postfix, np.uint8)
@@ -317,7 +281,7 @@ def _segment_todo(
                 timings.watch(segmenter.network)
             result = segmenter.infer(item)
         except Exception as exc:  # noqa: BLE001 - one volume's failure must not stop the others
-            line = _root_cause(exc, path)
+            line = failure_line(exc, path, own=CTInputError)
             print(f"error: {line}", file=sys.stderr)
             failures += 1
             ledger.failed(path, line)
@@ -345,7 +309,7 @@ def _segment_todo(
                 report=report,
             ))
         except Exception as exc:  # noqa: BLE001 - a full or read-only disk fails every later volume too
-            line = _write_error(exc, target)
+            line = write_failure_line(exc, target)
             print(f"error: {line}", file=sys.stderr)
             left = len(todo) - done - 1
             if left:

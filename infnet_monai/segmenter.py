@@ -23,12 +23,17 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
-from infnet_monai.inference import VolumeResult, infer_volume, load_network, load_pattern_network, slice_inferer
-from infnet_monai.runtime import compile_choice, default_precision
+from infnet_monai.inference import VolumeResult, infer_volume
+from infnet_monai.inferers import slice_inferer
+from infnet_monai.runtime import compile_choice, default_precision, load_network, load_pattern_network
 from infnet_monai.shipped import network_size
-from infnet_monai.transforms.chain import DEFAULT_WINDOW_HU, ct_postprocessing, ct_preprocessing
+from infnet_monai.defaults import DEFAULT_THRESHOLD, DEFAULT_WINDOW_HU
+from infnet_monai.transforms.chain import ct_postprocessing, ct_preprocessing
 
-__all__ = ["Segmenter", "segment", "as_ct_item"]
+__all__ = ["Segmenter", "segment", "as_ct_item", "CT_KEY"]
+
+CT_KEY = "ct"
+"""Item key of the CT as read, when a :class:`Segmenter` keeps it (``keep_ct``)."""
 
 
 def as_ct_item(image: Any, image_key: str = "image") -> tuple[dict, bool]:
@@ -69,7 +74,9 @@ class Segmenter:
     0/1 ground-glass opacity/2 consolidation, with ``pattern_weights``), ``keep_prob`` (keep the
     probabilities on the input grid), ``series_uid`` (a DICOM folder's series), ``progress``,
     ``compile_for`` (the inputs of a run: a long one builds the package), ``network_def`` (the
-    module the weights are loaded into, e.g. a bundle's; None: ``InfNet()``).
+    module the weights are loaded into, e.g. a bundle's; None: ``InfNet()``), ``keep_ct`` (keep
+    the CT as read, :attr:`VolumeResult.ct`, for a burden report or QC image without reading
+    it again; holds the volume in memory through the inference).
     """
 
     def __init__(
@@ -84,7 +91,7 @@ class Segmenter:
         lung_crop: bool = True,
         slice_crop: bool = True,
         restrict_to_lung: bool = True,
-        threshold: float = 0.5,
+        threshold: float = DEFAULT_THRESHOLD,
         classes: str = "infection",
         pattern_weights: str | os.PathLike | None = None,
         keep_prob: bool = False,
@@ -92,12 +99,14 @@ class Segmenter:
         progress: bool = False,
         compile_for: Sequence[Any] = (),
         network_def: torch.nn.Module | None = None,
+        keep_ct: bool = False,
     ) -> None:
         # the weights file is read (and a missing one reported) when the network loads, so that
         # the chains can be built without it (a bundle's preprocessing before any training)
         self.weights = weights
         self.size = image_size or network_size(weights)
         self.classes = classes
+        self.keep_ct = keep_ct
         self.preprocessing = ct_preprocessing(
             spatial_size=self.size, window=window, lung_crop=lung_crop, slice_crop=slice_crop, series_uid=series_uid,
             keep_lung_mask=restrict_to_lung, network_input=False,
@@ -131,9 +140,12 @@ class Segmenter:
     def preprocess(self, image: Any) -> dict:
         """The chain's item for ``image`` (path, folder, nibabel image or MetaTensor in HU)."""
         item, loaded = as_ct_item(image)
-        if loaded:  # the reader is the chain's first transform; the others are the same objects
-            return self.preprocessing(item, start=1)
-        return self.preprocessing(item)
+        start = 1 if loaded else 0  # the reader is the chain's first transform
+        if self.keep_ct:
+            if not loaded:
+                item, start = self.preprocessing(item, end=1), 1
+            item[CT_KEY] = item["image"]  # the volume as read; the chain's transforms leave this key alone
+        return self.preprocessing(item, start=start)
 
     def infer(self, item: dict) -> VolumeResult:
         """Network and postprocessing for a preprocessed ``item``: ``pred`` (and ``lung``,

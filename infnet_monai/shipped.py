@@ -83,7 +83,7 @@ def slice_protocol_dice(weights: str | Path, datalist: Sequence[dict], image_siz
     """Mean Dice over the paper's 256 thresholds (:mod:`infnet_monai.metrics.slices`) of the model
     in ``weights`` on the slices of ``datalist`` (items ``image``, ``label`` paths), each map
     taken to its image's size as ``infnet-monai predict-slices`` does (without 8-bit rounding)."""
-    from infnet_monai.inference import load_network
+    from infnet_monai.runtime import load_network
     from infnet_monai.metrics.slices import read_ground_truth, slice_scores, summarise_slice_scores
     from infnet_monai.predict_slices import probability_map, slice_probabilities
 

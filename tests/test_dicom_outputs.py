@@ -379,6 +379,28 @@ class ThreeClassLogits(torch.nn.Module):
         return torch.cat([-v, v - 0.5, 3 * (v - 1.5)], 1)
 
 
+def test_each_header_is_read_once_per_run(tmp_path, stand_in_network, monkeypatch):
+    """The check before the inference, the CT reader and the SEG and overlay writers share one
+    reading of the series' headers (pydicom); the pixels are decoded by SimpleITK."""
+    import infnet_monai.data.dicom_series as dicom_series
+    import infnet_monai.data.inputs as inputs
+
+    source = tmp_path / "series"
+    files = write_series(source, lesion_hu(shape=(8, 64, 64)))
+    reads: list[str] = []
+    real_dcmread = pydicom.dcmread
+
+    def counted(path, *args, **kwargs):
+        reads.append(Path(path).name)
+        return real_dcmread(path, *args, **kwargs)
+
+    monkeypatch.setattr(inputs.pydicom, "dcmread", counted)
+    monkeypatch.setattr(dicom_series, "_listed", type(dicom_series._listed)())  # nothing kept from other tests
+    assert _segment(source, tmp_path / "out", _weights(tmp_path), "--output-type", "all") == 0
+    assert len(stand_in_network) == 1 and (tmp_path / "out" / "series_seg.dcm").is_file()
+    assert sorted(reads) == sorted(f.name for f in files)  # five times each before they were shared
+
+
 def test_segment_patterns_writes_a_two_segment_seg(tmp_path, monkeypatch):
     monkeypatch.setattr(segmenter, "load_pattern_network", lambda *a, **k: ThreeClassLogits())
     source, weights, out = tmp_path / "series", _weights(tmp_path), tmp_path / "out"

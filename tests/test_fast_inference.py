@@ -17,13 +17,15 @@ from monai.transforms import Compose, CropForegroundd
 from scipy import ndimage
 from torch import nn
 
-from infnet_monai.inference import infer_volume, load_network, slice_inferer
+from infnet_monai.inference import infer_volume
+from infnet_monai.inferers import slice_inferer
+from infnet_monai.runtime import load_network
 from infnet_monai.runtime import COMPILE_MIN_SLICES, compile_choice, compile_pays_off, default_precision
 from infnet_monai.networks import InfNet
-from infnet_monai.networks.fuse import fold_batchnorm
-from infnet_monai.networks import packaged
-from infnet_monai.networks.optimize import optimize_for_inference
-from infnet_monai.networks.packaged import PackagedNetwork, package_path, packaged_network
+from infnet_monai.runtime.fuse import fold_batchnorm
+from infnet_monai.runtime import packaged
+from infnet_monai.runtime.optimize import optimize_for_inference
+from infnet_monai.runtime.packaged import PackagedNetwork, package_path, packaged_network
 from infnet_monai.segment_run import SegmentOptions, segment_volumes
 from infnet_monai.transforms.chain import (
     ct_postprocessing,

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from infnet_monai.inference import infer_volume, slice_inferer
+from infnet_monai.inference import infer_volume
+from infnet_monai.inferers import slice_inferer
 from infnet_monai.transforms.chain import IMAGENET_MEAN, IMAGENET_STD, ct_postprocessing, ct_preprocessing
 
 from infnet_monai.transforms.lung import dilate_mm, lung_labels

@@ -16,7 +16,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-import infnet_monai.networks.packaged as packaged
+import infnet_monai.runtime.packaged as packaged
 import infnet_monai.utils.atomic as atomic
 from infnet_monai.cli import main
 from infnet_monai.inference import mask_saver

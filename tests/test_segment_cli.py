@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from infnet_monai.cli import main
-from infnet_monai.inference import infer_volume, slice_inferer
+from infnet_monai.inference import infer_volume
+from infnet_monai.inferers import slice_inferer
 from infnet_monai.networks import InfNet
 from infnet_monai.transforms import LoadCT
 from infnet_monai.transforms.chain import ct_postprocessing, ct_preprocessing
@@ -98,9 +99,9 @@ def test_cli_and_bundle_give_the_same_masks(volumes, weights, tmp_path):
 
 def test_missing_weights_is_a_plain_error(volumes, tmp_path, capsys, monkeypatch):
     """Without --weights and without the shipped model beside the package (a non-editable install)."""
-    import infnet_monai.inference
+    import infnet_monai.runtime.loading
 
-    monkeypatch.setattr(infnet_monai.inference, "default_weights", lambda: None)
+    monkeypatch.setattr(infnet_monai.runtime.loading, "default_weights", lambda: None)
     assert main(["segment", str(volumes), "-o", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert "no weights given" in err and "--weights" in err and len(err.splitlines()) == 1

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import nibabel as nib
+import PIL.Image
 import numpy as np
 import pytest
 import torch
@@ -91,8 +92,10 @@ def test_lung_labels_are_exact_and_the_report_measures_the_same_lungs(weights, p
     from infnet_monai.transforms import LoadCT
     from infnet_monai.transforms.chain import ct_lung_labels
 
-    result = Segmenter(weights, device="cpu").segment(phantom)
+    result = Segmenter(weights, device="cpu", keep_ct=True).segment(phantom)
     ct = LoadCT(image_only=True, ensure_channel_first=True)(str(phantom))
+    # the CT kept for the report is the CT as read, on its own grid
+    assert torch.equal(result.ct.as_tensor(), ct.as_tensor()) and torch.equal(result.ct.affine, ct.affine)
     expected = ct_lung_labels(ct)
     assert torch.equal(result.lung.as_tensor(), expected.as_tensor()) and set(np.unique(expected.numpy())) >= {1, 2}
     np.testing.assert_allclose(result.lung.affine.numpy(), ct.affine.numpy())
@@ -101,4 +104,7 @@ def test_lung_labels_are_exact_and_the_report_measures_the_same_lungs(weights, p
                  "-o", str(tmp_path / "r")]) == 0
     run, report = (json.loads((tmp_path / d / "case.v2_burden.json").read_text()) for d in ("s", "r"))
     assert run["lung_ml"] == report["lung_ml"] and run["percent_involved"] == report["percent_involved"]
+    # --report draws the CT it segmented (not read again): the same QC image as report's
+    qc = [np.asarray(PIL.Image.open(tmp_path / d / "case.v2_qc.png")) for d in ("s", "r")]
+    assert qc[0].shape == qc[1].shape and np.array_equal(qc[0], qc[1])
     assert load_volume(tmp_path / "s" / "case.v2_seg.nii.gz", check_hu=False).shape == (1, 120, 128, 4)

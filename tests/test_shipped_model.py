@@ -14,7 +14,9 @@ import torch
 
 from infnet_monai.cli import main
 from infnet_monai.data import semiseg_datalist, split_datalist
-from infnet_monai.inference import load_network, slice_inferer, infer_volume
+from infnet_monai.inference import infer_volume
+from infnet_monai.inferers import slice_inferer
+from infnet_monai.runtime import load_network
 from infnet_monai.networks import InfNet
 from infnet_monai.shipped import BUNDLE_DIR, default_weights, network_size
 from infnet_monai.transforms.chain import ct_postprocessing, ct_preprocessing
@@ -88,7 +90,7 @@ def test_fp16_storage_changes_no_mask(example_prediction):
     network = InfNet()
     network.load_state_dict(perturbed)
     pre = ct_preprocessing(spatial_size=network_size(), network_input=False)
-    from infnet_monai.networks.optimize import optimize_for_inference
+    from infnet_monai.runtime.optimize import optimize_for_inference
 
     item = pre({"image": str(EXAMPLE_CT)})
     inferer = slice_inferer(None, "cpu", precision="fp32")  # the weights' rounding alone, not bf16's

@@ -15,7 +15,9 @@ import torch
 
 from infnet_monai.cli import main
 from infnet_monai.data import semiseg_datalist, split_datalist
-from infnet_monai.inference import infer_volume, load_network, load_pattern_network, slice_inferer
+from infnet_monai.inference import infer_volume
+from infnet_monai.inferers import slice_inferer
+from infnet_monai.runtime import load_network, load_pattern_network
 from infnet_monai.networks import InfNetUNet
 from infnet_monai.report.burden import infection_burden
 from infnet_monai.shipped import BUNDLE_DIR, PATTERN_WEIGHTS, default_pattern_weights, network_size

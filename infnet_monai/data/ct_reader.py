@@ -33,13 +33,13 @@ from infnet_monai.data.dicom_series import (
 from infnet_monai.data.inputs import (
     VOLUME_KINDS,
     CTInputError,
-    _one_line,
     _read_header,
     _unknown_message,
     input_kind,
 )
 from infnet_monai.naming import CASE_NAME_KEY, case_name
 from infnet_monai.utils.fast_gzip import register_fast_gzip
+from infnet_monai.utils.errors import one_line
 
 __all__ = ["CTReader", "check_hounsfield", "MAX_LABEL_VALUES", "AIR_BELOW_HU"]
 
@@ -55,7 +55,7 @@ class _CTImage:
 
 
 def _corrupt_nifti(path: Path, exc: Exception) -> CTInputError:
-    return CTInputError(f"{path}: unreadable NIfTI ({_one_line(exc)}); the file is corrupt, re-export it")
+    return CTInputError(f"{path}: unreadable NIfTI ({one_line(exc)}); the file is corrupt, re-export it")
 
 
 def _check_shape(path: Path, shape: Sequence[int], what: str) -> None:
@@ -141,7 +141,7 @@ class CTReader(ImageReader):
             try:
                 header = _read_header(path)
             except Exception as exc:
-                raise CTInputError(f"{path}: not readable DICOM ({_one_line(exc)}); replace the corrupt file") from exc
+                raise CTInputError(f"{path}: not readable DICOM ({one_line(exc)}); replace the corrupt file") from exc
             info = _sorted_series([(path, header)])
         if info.problem:
             raise CTInputError(f"{path}: in series {info.uid}, {info.problem}")
@@ -155,7 +155,7 @@ class CTReader(ImageReader):
         _check_slice_geometry(path, info)
         image = _read_dicom_pixels(path, info.files)
         _check_shape(path, image.GetSize(), "DICOM series")
-        return _CTImage(path, image, dicom_meta=_header_meta(info.files[0]))
+        return _CTImage(path, image, dicom_meta=_header_meta(info.headers[0]))
 
     def get_data(self, img: _CTImage) -> tuple[np.ndarray, dict]:
         if img.nifti_reader is not None:

@@ -1,11 +1,16 @@
 """DICOM series in a folder: headers read once (pydicom, no pixels), series listed and sorted
 along the slice normal, odd or duplicated slices named, geometry checked, pixels decoded in HU
-(SimpleITK/GDCM: uncompressed, RLE, JPEG lossless, JPEG-2000)."""
+(SimpleITK/GDCM: uncompressed, RLE, JPEG lossless, JPEG-2000).
+
+The series of the last few folders listed are kept (with their headers) while the folder's
+files are unchanged (same names, sizes and modification times), so that the checks before a
+run, the CT reader and the DICOM SEG writer read each header once between them."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +19,8 @@ import SimpleITK as sitk
 from monai.config import PathLike
 from pydicom.multival import MultiValue
 
-from infnet_monai.data.inputs import _UNKNOWN_FIX, CTInputError, _folder_files, _looks_dicom, _one_line, _read_header
+from infnet_monai.data.inputs import _UNKNOWN_FIX, CTInputError, _folder_files, _looks_dicom, _read_header
+from infnet_monai.utils.errors import one_line
 
 __all__ = ["SeriesInfo", "list_dicom_series", "pick_series"]
 
@@ -33,6 +39,7 @@ class SeriesInfo:
     positions: tuple[tuple[float, float, float], ...] = ()
     orientation: tuple[float, ...] = ()
     problem: str = ""  # files that do not fit the series (size, orientation, modality, position)
+    headers: tuple[pydicom.Dataset, ...] = field(default=(), compare=False, repr=False)  # of ``files``, no pixels
 
     def __str__(self) -> str:
         return f"{self.uid} '{self.description}' ({self.modality}, {self.n_slices} slices)"
@@ -99,11 +106,23 @@ def _sorted_series(headers: list[tuple[Path, pydicom.Dataset]]) -> SeriesInfo:
         positions=positions,
         orientation=orientation,
         problem=problem,
+        headers=tuple(ds for _, ds in headers),
     )
 
 
+# folder -> (its files' names, sizes and mtimes, its series); the last _KEPT_FOLDERS listed
+_listed: OrderedDict[Path, tuple[tuple, list[SeriesInfo]]] = OrderedDict()
+_KEPT_FOLDERS = 2
+
+
+def _folder_signature(files: Sequence[Path]) -> tuple:
+    stats = [f.stat() for f in files]
+    return tuple((f.name, s.st_size, s.st_mtime_ns) for f, s in zip(files, stats))
+
+
 def list_dicom_series(folder: PathLike) -> list[SeriesInfo]:
-    """The image series in ``folder`` (not recursive), read from the DICOM headers with pydicom.
+    """The image series in ``folder`` (not recursive), read from the DICOM headers with pydicom
+    (or kept from the last listing of the folder when its files are unchanged).
 
     Files without the DICOM preamble and without a ``.dcm`` suffix are ignored, as are DICOM
     objects without pixel rows (DICOMDIR, reports). Raises ``CTInputError`` for a missing folder,
@@ -112,9 +131,24 @@ def list_dicom_series(folder: PathLike) -> list[SeriesInfo]:
     folder = Path(folder)
     if not folder.is_dir():
         raise CTInputError(f"{folder}: no such folder; pass a folder holding a DICOM series")
+    key, files = folder.resolve(), _folder_files(folder)
+    signature = _folder_signature(files)
+    kept = _listed.get(key)
+    if kept is not None and kept[0] == signature:
+        _listed.move_to_end(key)
+        return list(kept[1])
+    series = _read_series(folder, files)
+    _listed[key] = (signature, series)
+    while len(_listed) > _KEPT_FOLDERS:
+        _listed.popitem(last=False)
+    return list(series)
+
+
+def _read_series(folder: Path, files: Sequence[Path]) -> list[SeriesInfo]:
+    """The series of ``files`` (the folder's), each file's header read once."""
     groups: dict[str, list[tuple[Path, pydicom.Dataset]]] = {}
     corrupt: list[str] = []
-    for path in _folder_files(folder):
+    for path in files:
         if not _looks_dicom(path):
             continue
         try:
@@ -185,10 +219,10 @@ def _check_slice_geometry(folder: Path, series: SeriesInfo) -> None:
         )
 
 
-def _header_meta(path: Path) -> dict[str, str]:
+def _header_meta(header: pydicom.Dataset) -> dict[str, str]:
     """Public, non-sequence, non-binary tags of one DICOM header as ITK-style ``"gggg|eeee"`` keys."""
     meta = {}
-    for elem in pydicom.dcmread(path, stop_before_pixels=True):
+    for elem in header:
         if elem.tag.is_private or elem.VR in ("SQ", "OB", "OW", "OF", "OD", "OL", "UN"):
             continue
         value = elem.value
@@ -207,7 +241,7 @@ def _read_dicom_pixels(source: Path, files: Sequence[Path]) -> sitk.Image:
         return reader.Execute()
     except RuntimeError as exc:
         bad = next((f for f in files if not _decodes(f)), None)
-        culprit = f"{bad.name} cannot be decoded" if bad is not None else _one_line(exc)
+        culprit = f"{bad.name} cannot be decoded" if bad is not None else one_line(exc)
         raise CTInputError(
             f"{source}: {culprit} (corrupt file or unsupported transfer syntax); replace the file or "
             "re-export the series uncompressed"

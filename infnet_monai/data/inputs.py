@@ -30,11 +30,6 @@ class CTInputError(ValueError):
     """An input that is not a readable 3D CT volume; the message names the path and the fix."""
 
 
-def _one_line(exc: BaseException) -> str:
-    """An exception's message on one line (third-party messages may span several)."""
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
 def _is_nifti(path: Path) -> bool:
     return path.name.lower().endswith(NIFTI_SUFFIXES)
 

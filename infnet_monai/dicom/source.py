@@ -10,12 +10,12 @@ never by file order or InstanceNumber.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
 
 from infnet_monai.data.dicom_series import list_dicom_series, pick_series
@@ -84,10 +84,6 @@ def _kind_problem(path: Path) -> str | None:
     return None
 
 
-def _headers(files: Sequence[Path]) -> list[Dataset]:
-    return [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
-
-
 def _check_headers(files: Sequence[Path], headers: Sequence[Dataset]) -> None:
     """``CTInputError`` naming the first file without an attribute a SEG needs, or whose study
     or frame of reference differs from the first slice's."""
@@ -114,7 +110,7 @@ def read_source_series(path: str | Path, series_uid: str | None = None) -> Sourc
     if problem:
         raise CTInputError(problem)
     info = pick_series(path, series_uid)
-    headers = _headers(info.files)
+    headers = [copy.deepcopy(h) for h in info.headers]  # the series' own stay as read
     _check_headers(info.files, headers)
     for header in headers:
         for key in _TYPE2:
@@ -133,7 +129,7 @@ def dicom_source_problem(path: str | Path, series_uid: str | None = None) -> str
         return problem
     try:
         info = pick_series(path, series_uid)
-        _check_headers(info.files, _headers(info.files))
+        _check_headers(info.files, info.headers)
     except SegSourceError as exc:
         return str(exc)
     except Exception:  # noqa: BLE001 - unreadable files, several series: the reader reports them
@@ -154,9 +150,8 @@ def find_series(folder: str | Path, series_uid: str) -> SourceSeries:
         except CTInputError:
             continue
         if found:
-            headers = _headers(found[0].files)
-            _check_headers(found[0].files, headers)
-            return SourceSeries(candidate, tuple(found[0].files), tuple(headers))
+            _check_headers(found[0].files, found[0].headers)
+            return SourceSeries(candidate, tuple(found[0].files), found[0].headers)
     raise CTInputError(
         f"{folder}: holds no DICOM series {series_uid} (in it or its subfolders); pass the folder of the series "
         "the SEG was made from"

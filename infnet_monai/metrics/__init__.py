@@ -1,20 +1,25 @@
-"""Evaluation: volume metrics in mm (Dice, ASD, HD95, NSD), the paper's 2D slice protocol, folders."""
+"""Evaluation: volume metrics in mm (Dice, ASD, HD95, NSD), the paper's 2D slice protocol, folders.
 
-from .evaluate import FolderEvaluation, evaluate_folders, format_report_table, pair_files, write_report
+Modules: ``volume`` (mm metrics), ``slices`` (2D toolbox protocol) with ``structure_measures``
+(S-/E-measure), ``pairing`` (files by case name), ``evaluate`` (folder scoring), ``reports`` (output).
+"""
+
+from .evaluate import FolderEvaluation, evaluate_folders
+from .pairing import pair_files
+from .reports import format_report_table, write_report
 from .slices import (
     THRESHOLDS,
     SliceScores,
-    e_measure,
     e_measure_curve,
     mean_absolute_error,
     normalise_map,
     read_ground_truth,
     read_prediction_map,
-    s_measure,
     slice_scores,
     summarise_slice_scores,
     threshold_scores,
 )
+from .structure_measures import e_measure, s_measure
 from .volume import (
     DEFAULT_TOLERANCE_MM,
     EMPTY_MASK_POLICY,

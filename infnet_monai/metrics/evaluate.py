@@ -1,4 +1,4 @@
-"""Folder-level evaluation: pair prediction and label files, score them, report per case and summary.
+"""Folder-level evaluation: score paired prediction and label files, per case and in summary.
 
 Two modes:
 
@@ -10,18 +10,15 @@ Two modes:
 - ``slices``: PNG/JPEG slice images scored by the paper's toolbox protocol
   (:mod:`infnet_monai.metrics.slices`).
 
-Files pair by name: the stem without ``.nii``/``.nii.gz`` (or the image suffix); in volume mode a
-trailing ``_seg``, ``_mask`` or ``_pred`` is dropped from prediction names. Unpaired files, grids
-that differ, and labels that are not binary (or not integer class maps with ``labels``) stop the
-run with a one-line ``ValueError``. Reports go to ``.json`` (inf written as ``Infinity``) or
-``.csv`` (policy and counts as leading ``#`` lines), written atomically.
+Files pair by case name (:mod:`infnet_monai.metrics.pairing`). Unpaired files, grids that differ,
+and labels that are not binary (or not integer class maps with ``labels``) stop the run with a
+one-line ``ValueError``. Reports are written and printed by :mod:`infnet_monai.metrics.reports`.
+``case_name`` and ``pair_files`` are re-exported here for existing imports.
 """
 
 from __future__ import annotations
 
-import csv
 import inspect
-import json
 import math
 import os
 from pathlib import Path
@@ -33,6 +30,8 @@ from monai.transforms import LoadImage
 
 from infnet_monai.dicom.seg import is_seg_file
 from infnet_monai.labels import class_folder
+from infnet_monai.metrics.pairing import case_name, pair_files
+from infnet_monai.metrics.reports import format_report_table, report_format, write_report
 from infnet_monai.metrics.slices import (
     SLICE_EMPTY_POLICY,
     read_ground_truth,
@@ -49,107 +48,15 @@ from infnet_monai.metrics.volume import (
     spacing_mm,
     summarise_volume_metrics,
 )
-from infnet_monai.utils import atomic_output
 
 __all__ = [
-    "VOLUME_SUFFIXES",
-    "SLICE_SUFFIXES",
-    "PREDICTION_NAME_SUFFIXES",
     "case_name",
     "pair_files",
     "evaluate_volumes",
     "evaluate_slices",
     "evaluate_folders",
-    "write_report",
-    "format_report_table",
     "FolderEvaluation",
 ]
-
-VOLUME_SUFFIXES = (".nii.gz", ".nii")
-SLICE_SUFFIXES = (".png", ".jpg", ".jpeg")
-PREDICTION_NAME_SUFFIXES = ("_seg", "_mask", "_pred")
-MODES = ("volume", "slices")
-_MAX_LISTED = 8
-
-
-def _suffixes(mode: str) -> tuple[str, ...]:
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    return VOLUME_SUFFIXES if mode == "volume" else SLICE_SUFFIXES
-
-
-def case_name(path: str | os.PathLike, mode: str, prediction: bool) -> str | None:
-    """Pairing key of a file, or None when its suffix does not belong to ``mode``."""
-    name = Path(path).name
-    lower = name.lower()
-    for suffix in _suffixes(mode):
-        if lower.endswith(suffix):
-            stem = name[: -len(suffix)]
-            if prediction and mode == "volume":
-                for tail in PREDICTION_NAME_SUFFIXES:
-                    if stem.endswith(tail) and len(stem) > len(tail):
-                        return stem[: -len(tail)]
-            return stem
-    return None
-
-
-def _listing(names: Sequence[str]) -> str:
-    shown = ", ".join(sorted(names)[:_MAX_LISTED])
-    return shown + (f" and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else "")
-
-
-def _index_files(folder: Path, mode: str, prediction: bool) -> dict[str, Path]:
-    if folder.is_file():
-        files = [folder]
-    elif folder.is_dir():
-        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    else:
-        raise FileNotFoundError(f"{folder}: no such file or folder")
-    index: dict[str, Path] = {}
-    for path in files:
-        key = case_name(path, mode, prediction)
-        if key is None and mode == "volume" and path.suffix.lower() == ".dcm" and is_seg_file(path):
-            key = case_name(path.with_suffix(".nii"), mode, prediction)  # a DICOM SEG: named as a NIfTI
-        if key is None:
-            continue
-        if key in index:
-            seg = [f for f in (index[key], path) if f.suffix.lower() == ".dcm"]
-            if len(seg) == 1:  # the NIfTI and the DICOM SEG of one case (segment --output-type all): the NIfTI
-                index[key] = index[key] if seg[0] is path else path
-                continue
-            raise ValueError(f"{folder}: {index[key].name} and {path.name} both pair as case {key!r}; keep one")
-        index[key] = path
-    if not index:
-        other = "slices" if mode == "volume" else "volume"
-        hint = f"; for {', '.join(_suffixes(other))} files pass --mode {other}" if any(
-            case_name(p, other, prediction) for p in files
-        ) else ""
-        seg = " or DICOM SEG .dcm" if mode == "volume" else ""
-        raise ValueError(f"{folder}: no {', '.join(_suffixes(mode))}{seg} files found{hint}")
-    return index
-
-
-def pair_files(pred: str | os.PathLike, label: str | os.PathLike, mode: str = "volume") -> list[tuple[str, Path, Path]]:
-    """``[(case, prediction file, label file)]`` sorted by case; both may be folders or single files.
-
-    Two single files pair with each other whatever their names. Raises ``ValueError`` listing the
-    unpaired files of either side.
-    """
-    pred, label = Path(pred), Path(label)
-    preds, labels = _index_files(pred, mode, True), _index_files(label, mode, False)
-    if pred.is_file() and label.is_file():
-        ((case, pred_file),), ((_, label_file),) = preds.items(), labels.items()
-        return [(case, pred_file, label_file)]
-    missing_label = [preds[k].name for k in preds.keys() - labels.keys()]
-    missing_pred = [labels[k].name for k in labels.keys() - preds.keys()]
-    if missing_label or missing_pred:
-        parts = []
-        if missing_label:
-            parts.append(f"{len(missing_label)} prediction(s) without a label in {label}: {_listing(missing_label)}")
-        if missing_pred:
-            parts.append(f"{len(missing_pred)} label(s) without a prediction in {pred}: {_listing(missing_pred)}")
-        raise ValueError("unpaired files: " + "; ".join(parts) + " (files pair by name; remove or rename them)")
-    return [(k, preds[k], labels[k]) for k in sorted(preds)]
 
 
 def _load_volume(path: Path, loader: LoadImage):
@@ -287,113 +194,6 @@ def _mean_std_median(values: np.ndarray) -> dict:
     }
 
 
-def _output_format(path: str | os.PathLike) -> str:
-    suffix = Path(path).suffix.lower()
-    if suffix not in (".json", ".csv"):
-        raise ValueError(f"{path}: report must end in .json or .csv")
-    return suffix[1:]
-
-
-def _csv_rows(report: dict) -> tuple[list[str], list[dict]]:
-    """Columns and rows for CSV: per-case rows, then summary rows whose ``case`` names the statistic."""
-    if "classes" in report:  # per-class slice reports: their rows with a class column
-        columns, rows = ["class"], []
-        for value, sub in report["classes"].items():
-            sub_columns, sub_rows = _csv_rows(sub)
-            columns += [c for c in sub_columns if c not in columns]
-            rows += [{"class": value, **row} for row in sub_rows]
-        return columns, rows
-    columns = [k for k in report["cases"][0] if k not in ("pred_file", "label_file", "spacing_mm")]
-    columns += ["pred_file", "label_file"]
-    rows = [dict(row) for row in report["cases"]]
-    if report["mode"] == "volume":
-        stats = ("mean", "std", "median", "n_inf", "n_finite", "finite_mean", "finite_std", "finite_median")
-        for c, summary in report["summary"].items():
-            for stat in stats:
-                values = {k: e[stat] for k, e in summary.items() if isinstance(e, dict) and stat in e}
-                rows.append({"case": stat, "class": c, **values})
-    else:
-        for stat in ("mean", "std", "median"):
-            rows.append({"case": stat, **{k: v[stat] for k, v in report["summary"]["per_image"].items()}})
-        toolbox = report["summary"]["toolbox"]
-        rows.append({"case": "max_over_thresholds", **{k: v["max"] for k, v in toolbox.items() if isinstance(v, dict)}})
-    return columns, rows
-
-
-def _csv_comments(report: dict) -> list[str]:
-    lines = [f"mode: {report['mode']}", f"empty-mask policy: {report['empty_mask_policy']}"]
-    if report["mode"] == "volume":
-        lines.append(f"tolerance_mm: {report['tolerance_mm']:g}")
-        for c, s in report["summary"].items():
-            lines.append(f"class {c}: n={s['n']} n_both_empty={s['n_both_empty']} n_one_empty={s['n_one_empty']}")
-    else:
-        lines.append(f"protocol: {report['protocol']}")
-    return lines
-
-
-def write_report(report: dict, path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write ``report`` as JSON or CSV (by suffix) via a temporary file and rename."""
-    fmt = _output_format(path)
-    with atomic_output(path, overwrite=overwrite) as tmp:
-        with open(tmp, "w", newline="") as f:
-            if fmt == "json":
-                json.dump(report, f, indent=2)
-                f.write("\n")
-            else:
-                for line in _csv_comments(report):
-                    f.write(f"# {line}\n")
-                columns, rows = _csv_rows(report)
-                writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-                writer.writeheader()
-                writer.writerows(rows)
-    return Path(path)
-
-
-def _fmt(value) -> str:
-    if isinstance(value, bool) or value is None:
-        return str(value)
-    if isinstance(value, float):
-        return "inf" if math.isinf(value) else f"{value:.4f}"
-    return str(value)
-
-
-def format_report_table(report: dict) -> str:
-    """Plain-text table: one line per case, then mean ± std and median per metric, and the policy."""
-    if "classes" in report:
-        return "\n".join(
-            f"class {value} ({class_folder(int(value))} maps)\n{format_report_table(sub)}"
-            for value, sub in report["classes"].items()
-        )
-    if report["mode"] == "volume":
-        keys = ["dice", "asd_mm", "hd95_mm", "nsd", "pred_ml", "label_ml"]
-        head = ["case", "class", *keys, "empty"]
-    else:
-        keys = ["dice", "sensitivity", "specificity", "s_measure", "e_measure", "mae", "dice_at_0.5"]
-        head = ["case", *keys]
-    table = [head] + [[_fmt(row.get(k)) for k in head] for row in report["cases"]]
-    widths = [max(len(r[i]) for r in table) for i in range(len(head))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in table]
-    if report["mode"] == "volume":
-        lines.append(f"NSD tolerance {report['tolerance_mm']:g} mm")
-        for c, s in report["summary"].items():
-            lines.append(f"class {c}: n={s['n']}  both empty={s['n_both_empty']}  one empty={s['n_one_empty']}")
-            for key in keys:
-                e = s[key]
-                line = f"  {key:<9} {_fmt(e['mean'])} ± {_fmt(e['std'])}  median {_fmt(e['median'])}"
-                if "n_finite" in e and e["n_inf"]:
-                    line += f"  finite mean {_fmt(e['finite_mean'])} over {e['n_finite']}"
-                lines.append(line)
-    else:
-        toolbox = report["summary"]["toolbox"]
-        lines.append(f"n={len(report['cases'])} images (toolbox protocol)")
-        for key in keys:
-            e, t = report["summary"]["per_image"][key], toolbox.get(key)
-            extra = f"  [mean {_fmt(t['mean'])}, max {_fmt(t['max'])} over thresholds]" if isinstance(t, dict) else ""
-            lines.append(f"  {key:<11} {_fmt(e['mean'])} ± {_fmt(e['std'])}  median {_fmt(e['median'])}{extra}")
-    lines.append(f"empty-mask policy: {report['empty_mask_policy']}")
-    return "\n".join(lines)
-
-
 def evaluate_folders(
     pred: str | os.PathLike,
     label: str | os.PathLike,
@@ -423,7 +223,7 @@ def evaluate_folders(
             NIfTI it is compared with.
     """
     if output_file is not None:
-        _output_format(output_file)
+        report_format(output_file)
         if Path(output_file).exists() and not overwrite:
             raise FileExistsError(f"{output_file}: output exists; pass --overwrite to replace it")
     if mode == "slices" and resample_label:

@@ -33,9 +33,10 @@ from monai.metrics import (
 )
 from monai.transforms import ResampleToMatch
 
+from infnet_monai.defaults import DEFAULT_TOLERANCE_MM, GRID_ATOL_MM
+
 __all__ = [
     "DEFAULT_TOLERANCE_MM",
-    "AFFINE_ATOL",
     "BOTH_EMPTY_DICE",
     "BOTH_EMPTY_DISTANCE_MM",
     "BOTH_EMPTY_NSD",
@@ -52,11 +53,6 @@ __all__ = [
     "match_label_grid",
 ]
 
-DEFAULT_TOLERANCE_MM = 3.0
-"""NSD tolerance (mm) used when none is given."""
-
-AFFINE_ATOL = 1e-4
-"""Absolute tolerance (mm) on affine entries for "same grid"."""
 
 # Empty-mask policy. MONAI returns NaN (or inf) for these cases; a NaN would silently drop the case
 # from a nan-mean, so every case gets a number and the summary counts the one-empty cases.
@@ -240,7 +236,7 @@ def match_label_grid(
     resample_label: bool = False,
     pred_name: str = "prediction",
     label_name: str = "label",
-    atol: float = AFFINE_ATOL,
+    atol: float = GRID_ATOL_MM,
 ) -> MetaTensor:
     """Return ``label`` on the prediction's grid (spatial MetaTensors without a channel axis).
 

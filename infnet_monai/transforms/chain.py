@@ -49,6 +49,7 @@ from monai.transforms import (
     ScaleIntensityRanged,
 )
 
+from infnet_monai.defaults import DEFAULT_THRESHOLD, DEFAULT_WINDOW_HU
 from infnet_monai.shipped import network_size
 
 from .io import LoadCTd
@@ -71,7 +72,6 @@ __all__ = [
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-DEFAULT_WINDOW_HU = (-1250.0, 250.0)
 # Infection outside the lung mask dilated by this much is dropped (mm); slices farther than this
 # from every lung slice are therefore not inferred.
 LUNG_DILATION_MM = 5.0
@@ -150,7 +150,7 @@ def ct_preprocessing(
         load: include the loader (False when the caller provides loaded MetaTensors).
         network_input: end with the 3-channel ImageNet-normalised network input; False stops at
             the [0, 1] single channel ``(1, S, S, Z)``, a third of the memory, and
-            :func:`infnet_monai.inference.slice_inferer` converts each slice batch with
+            :func:`infnet_monai.inferers.slice_inferer` converts each slice batch with
             :func:`network_input_batch` (same values; the CLI and the bundle do this).
 
     Output: ``image_key`` ``(3 or 1, spatial_size, spatial_size, Z)`` float32 MetaTensor whose
@@ -204,7 +204,7 @@ def ct_postprocessing(
     preprocessing: Compose,
     pred_key: str = "pred",
     image_key: str = "image",
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
     prob_key: str | None = None,
     restrict_to_lung: bool = True,
     lung_key: str = "lung",

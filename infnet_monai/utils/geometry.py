@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from infnet_monai.defaults import GRID_ATOL_MM
+
 __all__ = [
     "volume_array",
     "RAS_LABELS",
@@ -81,7 +83,7 @@ def slice_z_mm(affine: np.ndarray, shape: tuple, index: int) -> float:
 
 def check_same_geometry(
     name: str, shape: tuple, affine: np.ndarray, ref_name: str, ref_shape: tuple, ref_affine: np.ndarray,
-    atol_mm: float = 1e-2,
+    atol_mm: float = GRID_ATOL_MM,
 ) -> None:
     """Raise ``ValueError`` unless ``name`` lies on the same voxel grid as ``ref_name``."""
     if tuple(shape) != tuple(ref_shape) or not np.allclose(affine, ref_affine, atol=atol_mm):

@@ -39,6 +39,7 @@ from torch import nn
 from infnet_monai.utils import atomic_output, file_digest
 from infnet_monai.utils.cache import CACHE_ENV, cache_dir
 from infnet_monai.utils.cpuinfo import cpuinfo_field
+from infnet_monai.utils.errors import one_line
 
 __all__ = [
     "CACHE_ENV",
@@ -52,7 +53,9 @@ __all__ = [
 ]
 
 # the modules whose code the compiled graph is made of (a change in any of them needs a new build)
-_NETWORK_SOURCES = ("infnet", "blocks", "res2net", "fuse", "optimize", "convert")
+# the sources the compiled code comes from, relative to the package root
+_NETWORK_SOURCES = ("networks/infnet", "networks/blocks", "networks/res2net", "networks/convert", "runtime/fuse",
+                    "runtime/optimize")
 
 
 def package_dir() -> Path:
@@ -77,7 +80,7 @@ def package_path(weights: str | Path, batch: int, size: int, precision: str = "f
     if precision not in PACKAGE_PRECISIONS:
         raise ValueError(f"compiled packages run {' or '.join(PACKAGE_PRECISIONS)}, not {precision}")
     digest = hashlib.blake2b(file_digest(weights, digest_size=32).encode(), digest_size=12)
-    here = Path(__file__).parent
+    here = Path(__file__).parents[1]
     for name in _NETWORK_SOURCES:
         digest.update((here / f"{name}.py").read_bytes())
     tag = re.sub(r"[^A-Za-z0-9_-]+", "_", f"torch{torch.__version__}-{_cpu_tag()}")  # no dots: one suffix
@@ -226,10 +229,6 @@ class PackagedNetwork(nn.Module):
         return out if torch.is_inference_mode_enabled() else out.clone()
 
 
-def _first_line(exc: BaseException) -> str:
-    return f"{exc.__class__.__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
-
-
 def packaged_network(
     weights: str | Path, make_network: Callable[[], nn.Module], batch: int, size: int, build: bool,
     precision: str = "fp32",
@@ -258,13 +257,13 @@ def packaged_network(
         try:
             build_package(network, batch, size, path, precision)
         except Exception as exc:  # noqa: BLE001 - no C++ compiler, unsupported op, full disk...
-            warnings.warn(f"building the compiled network failed ({_first_line(exc)}); running the network uncompiled")
+            warnings.warn(f"building the compiled network failed ({one_line(exc, with_type=True, first_only=True)}); running the network uncompiled")
             return network
     try:
         runner = _load_runner(path)
     except Exception as exc:  # noqa: BLE001 - truncated or foreign file
         warnings.warn(
-            f"{path}: compiled network could not be loaded ({_first_line(exc)}); running the network "
+            f"{path}: compiled network could not be loaded ({one_line(exc, with_type=True, first_only=True)}); running the network "
             "uncompiled (delete the file to rebuild it)"
         )
         return network if network is not None else make_network()

@@ -3,7 +3,7 @@
 ``default_device`` (the first GPU, else the CPU), ``default_batch_size`` (slices per network call),
 ``default_precision`` (bf16 autocast on CPUs with native bf16, fp32 elsewhere) and
 ``compile_choice`` (whether to use or build the compiled CPU package) are read by
-:func:`infnet_monai.inference.load_network`, the slice inferer, the :class:`~infnet_monai.segmenter.Segmenter`
+:func:`infnet_monai.runtime.load_network`, the slice inferer, the :class:`~infnet_monai.segmenter.Segmenter`
 and the bundle's ``inference.json``.
 """
 
@@ -15,7 +15,8 @@ from typing import Sequence
 import torch
 
 from infnet_monai.data.inputs import estimated_slices, expand_inputs
-from infnet_monai.networks.packaged import PACKAGE_PRECISIONS
+from infnet_monai.defaults import COMPILE_MIN_SLICES, CPU_BATCH_SIZE, GPU_BATCH_SIZE
+from infnet_monai.runtime.packaged import PACKAGE_PRECISIONS
 from infnet_monai.utils.cpuinfo import native_bf16
 
 __all__ = [
@@ -34,13 +35,6 @@ def default_device(device: str | torch.device | None = None) -> torch.device:
     if device is not None and str(device) != "auto":
         return torch.device(device)
     return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-
-
-# Slices over which building the compiled package pays for itself within one CPU run: on the
-# 2-core CPU of benchmarks/RESULTS.md a build takes 30-60 s and the package saves about 25 ms per
-# 352x352 slice, so a build is repaid after 1,200-2,400 slices; later runs load the package in
-# about a second and gain from the first slice.
-COMPILE_MIN_SLICES = 2000
 
 
 def compile_pays_off(
@@ -86,10 +80,9 @@ def compile_choice(
 
 
 def default_batch_size(device: str | torch.device | None = None) -> int:
-    """Slices per network call: 32 on a GPU (keeps it busy), 2 on the CPU (on the 2-core CPU of
-    ``benchmarks/RESULTS.md`` 2 or 4 slices per call are fastest; 8 leave the caches and take
-    15-30 % longer per slice)."""
-    return 32 if default_device(device).type == "cuda" else 2
+    """Slices per network call: :data:`~infnet_monai.defaults.GPU_BATCH_SIZE` (32) on a GPU,
+    :data:`~infnet_monai.defaults.CPU_BATCH_SIZE` (2) on the CPU."""
+    return GPU_BATCH_SIZE if default_device(device).type == "cuda" else CPU_BATCH_SIZE
 
 
 # autocast dtype of each precision (None: full fp32)

@@ -1,20 +1,20 @@
 """Inference-only copies of a network tuned for the device it runs on.
 
 :func:`optimize_for_inference` is what the CLI and the bundle use (through
-:func:`infnet_monai.inference.load_network`), so both get the same settings:
+:func:`infnet_monai.runtime.load_network`), so both get the same settings:
 
 - every device: BatchNorm folded into the convolutions (:func:`fold_batchnorm`) and the weights
   in channels-last memory format (oneDNN's and cuDNN's fast layout for these convolutions);
 - CUDA: ``cudnn.benchmark`` on (one slice size per run, so the autotuned kernels are reused);
   reduced-precision autocast is applied per slice batch by
-  :class:`infnet_monai.inference.InfNetSliceInferer`.
+  :class:`infnet_monai.inferers.InfNetSliceInferer`.
 
 A TorchScript trace, frozen and optimised for inference (``script=True``), is available but not
 used by default: on the 2-core CPU of ``benchmarks/model_limit.py`` it was no faster than the
 eager folded channels-last network (see ``benchmarks/RESULTS.md``).
 
-On the CPU, :func:`infnet_monai.inference.load_network` can also run this network from an
-ahead-of-time compiled package (:mod:`infnet_monai.networks.packaged`), about 1.3x faster per
+On the CPU, :func:`infnet_monai.runtime.load_network` can also run this network from an
+ahead-of-time compiled package (:mod:`infnet_monai.runtime.packaged`), about 1.3x faster per
 slice on that CPU.
 
 The outputs equal the original network's up to float rounding (relative 1e-5 on CPU).
