@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the MONAI Label environment used by tests/test_monailabel.py: a separate virtual
+# Builds the MONAI Label environment used by tests/bundle/test_monailabel.py: a separate virtual
 # environment (default .venv-label/ in the repository; override with INFNET_MONAILABEL_VENV)
 # holding monailabel 0.8.5 and this package (editable). About 7.5 GB, 5-10 minutes.
 #

@@ -21,7 +21,7 @@ from PIL import Image
 from infnet_monai.networks import InfNet
 from infnet_monai.transforms.chain import IMAGENET_MEAN, IMAGENET_STD
 
-from conftest import BUNDLE_DIR, REPO_ROOT
+from tests.conftest import BUNDLE_DIR, REPO_ROOT
 
 __all__ = [
     "CONFIGS_DIR",

@@ -18,10 +18,10 @@ import pytest
 from infnet_monai.cli import main
 from infnet_monai.cohort import RunLedger, pending_datalist, select_part, summarize, summary_row
 
-from bundle_helpers import CONFIGS_DIR, INFERENCE_FILE
-from conftest import REPO_ROOT
+from tests.bundle_helpers import CONFIGS_DIR, INFERENCE_FILE
+from tests.conftest import REPO_ROOT
 from infnet_monai.data.phantoms import affine_for, chest_phantom, save_nifti
-from test_segment_cli import weights  # noqa: F401 - the module's random-weights fixture
+from tests.test_segment_cli import weights  # noqa: F401 - the module's random-weights fixture
 
 SPACING = (2.4, 2.4, 6.0)
 MULTI_GPU_FILE = CONFIGS_DIR / "multi_gpu_inference.json"
@@ -45,7 +45,7 @@ def _cohort(folder: Path, count: int = 5, slices: int = 2) -> Path:
 
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    return {**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")])}
+    return {**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
 
 
 def test_parts_are_disjoint_deterministic_and_whole():

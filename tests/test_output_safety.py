@@ -25,10 +25,10 @@ from infnet_monai.data.ct_reader import CTReader
 from infnet_monai.data.inputs import CTInputError, expand_inputs
 from infnet_monai.utils import OutputDirError, atomic_output, prepare_output_dir, remove_stale_temporaries
 
-import test_io
+import tests.data.test_ct_reader as test_io
 from infnet_monai.data.phantoms import affine_for, chest_phantom, save_nifti
-from test_io import synthetic_hu, write_ct_series
-from test_segment_cli import weights  # noqa: F401 - the module's random-weights fixture
+from tests.data.test_ct_reader import synthetic_hu, write_ct_series
+from tests.test_segment_cli import weights  # noqa: F401 - the module's random-weights fixture
 
 SPACING = (2.4, 2.4, 6.0)
 TCIA_NAMES = ["2.000000-5mm-40805", "3.000000-lung 1.25mm-10229", "4.000000-thorax é-1"]

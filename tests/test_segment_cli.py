@@ -18,9 +18,9 @@ from infnet_monai.networks import InfNet
 from infnet_monai.transforms import LoadCT
 from infnet_monai.transforms.chain import ct_postprocessing, ct_preprocessing
 
-from conftest import BUNDLE_DIR, REPO_ROOT
+from tests.conftest import BUNDLE_DIR, REPO_ROOT
 from infnet_monai.data.phantoms import affine_for, chest_phantom, save_nifti
-from test_inference import IntensityAsLogit
+from tests.test_inference import IntensityAsLogit
 
 
 @pytest.fixture(scope="module")

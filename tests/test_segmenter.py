@@ -17,9 +17,9 @@ from infnet_monai.cli import main
 from infnet_monai.segmenter import Segmenter
 from infnet_monai.data.inputs import CTInputError
 
-from conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT
 from infnet_monai.data.phantoms import affine_for, chest_phantom, save_nifti
-from test_segment_cli import weights  # noqa: F401 - the module's random-weights fixture
+from tests.test_segment_cli import weights  # noqa: F401 - the module's random-weights fixture
 
 SPACING = (2.4, 2.4, 6.0)
 

@@ -21,7 +21,7 @@ from infnet_monai.networks import InfNet
 from infnet_monai.shipped import BUNDLE_DIR, default_weights, network_size
 from infnet_monai.transforms.chain import ct_postprocessing, ct_preprocessing
 
-from conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT
 from infnet_monai.data.phantoms import affine_for, chest_phantom, save_nifti
 
 EXAMPLE_CT = REPO_ROOT / "examples" / "data" / "lung_pet_ct_dx_a0001_chest.nii.gz"
@@ -159,7 +159,7 @@ def test_default_path_keeps_the_infection_the_network_finds(dicom_series_dir, tm
     consolidation. (At +25 HU it is denser than the lung labels' fills take, -20 HU, so that a
     pleural effusion stays out of the lungs: it is kept by the cavity and counted in the burden
     through the infection attached to the lung.)"""
-    from ct_samples import real_ct
+    from tests.ct_samples import real_ct
     from infnet_monai.transforms.lung import LungMask
 
     ct = real_ct(dicom_series_dir)

@@ -23,7 +23,7 @@ from infnet_monai.report.burden import infection_burden
 from infnet_monai.shipped import BUNDLE_DIR, PATTERN_WEIGHTS, default_pattern_weights, network_size
 from infnet_monai.transforms.chain import ct_postprocessing, ct_preprocessing
 
-from test_shipped_model import EXAMPLE_CT
+from tests.test_shipped_model import EXAMPLE_CT
 
 # measured on the 10 held-out slices (docs/README.md of the bundle), floors a little below
 HELD_OUT_FLOORS = {"1": 0.45, "2": 0.25}  # GGO, consolidation: mean Dice over the toolbox's thresholds

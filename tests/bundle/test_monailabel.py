@@ -30,8 +30,8 @@ from monai.transforms import SaveImaged
 from infnet_monai.networks import InfNet
 from infnet_monai.transforms.io import LoadCT
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-BUNDLE_DIR = REPO_ROOT / "bundles" / "covid19_lung_infection_ct_segmentation"
+from tests.conftest import BUNDLE_DIR, REPO_ROOT
+
 _spec = importlib.util.spec_from_file_location("monailabel_server", REPO_ROOT / "examples" / "monailabel" / "server.py")
 server = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(server)

@@ -19,7 +19,7 @@ from scipy import ndimage
 
 from infnet_monai.networks import InfNet
 
-from bundle_helpers import (
+from tests.bundle_helpers import (
     TRAIN_FILE,
     copy_bundle,
     run_bundle_cli,

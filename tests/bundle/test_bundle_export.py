@@ -14,7 +14,7 @@ from monai.data import load_net_with_metadata
 from infnet_monai.networks import InfNet
 from infnet_monai.shipped import network_size
 
-from bundle_helpers import (
+from tests.bundle_helpers import (
     INFERENCE_FILE,
     META_FILE,
     copy_bundle,

@@ -11,16 +11,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from ct_samples import (
+from infnet_monai.data.phantoms import (
     LESION_RADIUS,
     LUNG_AXES,
     SPACING,
     discretisation_bound_ml,
     ellipsoid_volume_ml,
     lung_phantom,
-    real_ct,
-    real_lung,
 )
+from tests.ct_samples import real_ct, real_lung
 from monai.data import MetaTensor
 from PIL import Image
 from scipy import ndimage

@@ -6,18 +6,17 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from ct_samples import (
+from infnet_monai.data.phantoms import (
     LUNG_AXES,
-    diseased_chest,
-    RAS_LABELS,
     SPACING,
     discretisation_bound_ml,
+    diseased_chest,
     ellipsoid_volume_ml,
     lung_phantom,
     phantom_affine,
-    real_ct,
-    real_lung,
 )
+from infnet_monai.utils.geometry import RAS_LABELS
+from tests.ct_samples import real_ct, real_lung
 from monai.data import MetaTensor
 from monai.transforms import CropForegroundd, Invertd, Orientation, Orientationd, Spacing
 from scipy import ndimage

@@ -15,8 +15,8 @@ from monai.bundle import ConfigWorkflow
 from monai.engines.utils import IterationEvents
 from PIL import Image
 
-from bundle_helpers import copy_bundle, write_semiseg_slices
-from conftest import BUNDLE_DIR, REPO_ROOT
+from tests.bundle_helpers import copy_bundle, write_semiseg_slices
+from tests.conftest import BUNDLE_DIR, REPO_ROOT
 from infnet_monai.data.phantoms import affine_for, chest_phantom, save_nifti
 import infnet_monai.engines as engines
 from infnet_monai.engines import (

@@ -37,7 +37,7 @@ from infnet_monai.transforms.chain import (
     network_input_batch,
 )
 
-from bundle_helpers import (
+from tests.bundle_helpers import (
     CONFIGS_DIR,
     EVALUATE_FILE,
     INFERENCE_FILE,
@@ -49,7 +49,7 @@ from bundle_helpers import (
     shared_random_weights,
     write_semiseg_slices,
 )
-from conftest import BUNDLE_DIR, REPO_ROOT
+from tests.conftest import BUNDLE_DIR, REPO_ROOT
 from infnet_monai.data.phantoms import affine_for, chest_phantom, save_nifti
 
 # --------------------------------------------------------------------------------------------

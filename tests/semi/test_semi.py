@@ -11,7 +11,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.utils import set_determinism
 from PIL import Image
 
-from conftest import BUNDLE_DIR
+from tests.conftest import BUNDLE_DIR
 from infnet_monai.cli import main
 from infnet_monai.networks import InfNet
 from infnet_monai.semi import (

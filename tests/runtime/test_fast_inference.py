@@ -38,8 +38,8 @@ from infnet_monai.transforms.lung import LungRegion, RestrictToLung, dilate_mm
 from infnet_monai.utils.prefetch import prefetch_map
 
 from infnet_monai.data.phantoms import affine_for, chest_phantom, save_nifti
-from test_inference import IntensityAsLogit
-from test_segment_cli import weights  # noqa: F401 - module fixture: calibrated random InfNet
+from tests.test_inference import IntensityAsLogit
+from tests.test_segment_cli import weights  # noqa: F401 - module fixture: calibrated random InfNet
 
 
 def _random_batchnorm(net: nn.Module) -> nn.Module:

@@ -24,8 +24,8 @@ from infnet_monai.metrics.evaluate import evaluate_folders
 from infnet_monai.transforms import LoadCT
 from infnet_monai.utils import atomic_folder, remove_stale_temporaries
 
-from test_inference import IntensityAsLogit
-from test_io import AXIAL_FLIPPED, _transcode, write_ct_series
+from tests.test_inference import IntensityAsLogit
+from tests.data.test_ct_reader import AXIAL_FLIPPED, _transcode, write_ct_series
 
 # rows rotated 20 degrees about the patient axis and tilted 15 degrees: an oblique acquisition
 _A, _B = np.radians(20.0), np.radians(15.0)
@@ -273,7 +273,7 @@ def test_bundle_inference_output_type(tmp_path, output_type):
     and the overlay; dicom-seg the SEG alone (SaveImaged and the label sidecar disabled)."""
     from monai.bundle import ConfigParser
 
-    from conftest import BUNDLE_DIR
+    from tests.conftest import BUNDLE_DIR
 
     source = tmp_path / "series"
     write_series(source, lesion_hu(shape=(8, 64, 64)), OBLIQUE)

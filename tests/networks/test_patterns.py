@@ -22,7 +22,7 @@ from infnet_monai.report.burden import infection_burden
 from infnet_monai.transforms.chain import ct_postprocessing, ct_preprocessing, network_input_batch
 
 from infnet_monai.data.phantoms import affine_for, chest_phantom, save_nifti
-from test_segment_cli import weights  # noqa: F401 - random Inf-Net with centred logits
+from tests.test_segment_cli import weights  # noqa: F401 - random Inf-Net with centred logits
 
 SPACING = (2.4, 2.4, 6.0)
 
@@ -200,7 +200,7 @@ def test_bundle_patterns_equal_the_cli(weights, tmp_path):  # noqa: F811
     import subprocess
     import sys
 
-    from conftest import BUNDLE_DIR, REPO_ROOT
+    from tests.conftest import BUNDLE_DIR, REPO_ROOT
 
     pattern_weights, src = _random_unet_and_phantom(tmp_path, "case.1.nii.gz", seed=2)
     assert main(["segment", str(src), "-o", str(tmp_path / "cli"), "--weights", str(weights), "-q", "--classes",

@@ -18,8 +18,8 @@ from PIL import Image
 from infnet_monai.cli import main
 from infnet_monai.metrics.evaluate import case_name, evaluate_folders, pair_files
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-BUNDLE_DIR = REPO_ROOT / "bundles" / "covid19_lung_infection_ct_segmentation"
+from tests.conftest import BUNDLE_DIR, REPO_ROOT
+
 AFFINE = np.diag([0.7, 0.9, 2.0, 1.0])
 
 
