@@ -23,6 +23,7 @@ __all__ = [
     "CASE_NAME_KEY",
     "MASK_POSTFIXES",
     "case_name",
+    "strip_suffix",
     "output_file",
     "CaseFolderLayout",
     "case_name_formatter",
@@ -36,6 +37,16 @@ _STRIPPED = (".nii.gz", ".nii", ".dcm", ".mha", ".mhd", ".nrrd")
 MASK_POSTFIXES = {"infection": ("seg", "prob"), "patterns": ("patterns", "patterns_prob")}
 
 
+def strip_suffix(name: str, suffixes: Sequence[str]) -> str | None:
+    """``name`` without the first of ``suffixes`` it ends with (case-insensitive), None when it
+    ends with none of them or is nothing but the suffix."""
+    lower = name.lower()
+    for suffix in suffixes:
+        if lower.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
 def case_name(path: str | os.PathLike, series_uid: str | None = None) -> str:
     """The case name of the volume at ``path`` (see the module docstring); ``series_uid`` names
     the series chosen in a folder and is ignored for a file (a NIfTI or multi-frame DICOM holds
@@ -43,10 +54,7 @@ def case_name(path: str | os.PathLike, series_uid: str | None = None) -> str:
     if series_uid and not Path(path).is_dir():
         series_uid = None
     name = Path(path).name
-    for suffix in _STRIPPED:
-        if name.lower().endswith(suffix) and len(name) > len(suffix):
-            name = name[: -len(suffix)]
-            break
+    name = strip_suffix(name, _STRIPPED) or name
     return f"{name}_series-{series_uid}" if series_uid else name
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from infnet_monai.naming import strip_suffix
+
 from .pairing import index_by_key, unpaired_message
 
 __all__ = ["NIFTI_SUFFIXES", "nifti_pairs_datalist", "volume_stem"]
@@ -22,11 +24,8 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 def volume_stem(path: str | os.PathLike) -> str | None:
     """Name without the NIfTI suffix and the nnU-Net ``_0000`` channel tag; None if not NIfTI."""
     name = Path(path).name
-    for suffix in NIFTI_SUFFIXES:
-        if name.lower().endswith(suffix) and not name.startswith("."):
-            stem = name[: -len(suffix)]
-            return stem[: -len("_0000")] if stem.endswith("_0000") else stem
-    return None
+    stem = None if name.startswith(".") else strip_suffix(name, NIFTI_SUFFIXES)
+    return stem[: -len("_0000")] if stem is not None and stem.endswith("_0000") else stem
 
 
 def _volumes(folder: Path) -> dict[str, Path]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from infnet_monai.dicom.seg import is_seg_file
+from infnet_monai.naming import strip_suffix
 
 __all__ = [
     "VOLUME_SUFFIXES",
@@ -41,16 +42,18 @@ def _suffixes(mode: str) -> tuple[str, ...]:
 def case_name(path: str | os.PathLike, mode: str, prediction: bool) -> str | None:
     """Pairing key of a file, or None when its suffix does not belong to ``mode``."""
     name = Path(path).name
-    lower = name.lower()
-    for suffix in _suffixes(mode):
-        if lower.endswith(suffix):
-            stem = name[: -len(suffix)]
-            if prediction and mode == "volume":
-                for tail in PREDICTION_NAME_SUFFIXES:
-                    if stem.endswith(tail) and len(stem) > len(tail):
-                        return stem[: -len(tail)]
-            return stem
-    return None
+    stem = "" if name.lower() in _suffixes(mode) else strip_suffix(name, _suffixes(mode))
+    if stem and prediction and mode == "volume":
+        return _strip_tail(stem, PREDICTION_NAME_SUFFIXES)
+    return stem
+
+
+def _strip_tail(stem: str, tails: Sequence[str]) -> str:
+    """``stem`` less the first of ``tails`` it ends with (case-sensitive), unless that is all of it."""
+    for tail in tails:
+        if stem.endswith(tail) and len(stem) > len(tail):
+            return stem[: -len(tail)]
+    return stem
 
 
 def _listing(names: Sequence[str]) -> str:

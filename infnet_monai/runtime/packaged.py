@@ -146,11 +146,21 @@ class _Bf16Autocast(nn.Module):
             return self.network(x).float()
 
 
-def build_package(network: nn.Module, batch: int, size: int, path: str | Path, precision: str = "fp32") -> Path:
+# Inductor settings of the packages: frozen weights (constant-folded, oneDNN-prepacked). Measured
+# on the 2-core CPU of benchmarks/RESULTS.md (benchmarks/package_settings.py), max-autotune gives
+# no faster package: the convolutions are oneDNN calls either way.
+PACKAGE_INDUCTOR_CONFIGS = {"freezing": True}
+
+
+def build_package(
+    network: nn.Module, batch: int, size: int, path: str | Path, precision: str = "fp32",
+    inductor_configs: dict | None = None,
+) -> Path:
     """Export and AOT-compile the eval-mode ``network`` for ``(batch, 3, size, size)`` float32
     slices, in fp32 or under bf16 autocast (``precision``; float32 out either way), into the
     package ``path`` (written atomically) and record its digest beside it. Needs a C++ compiler;
-    30-60 s."""
+    30-60 s. ``inductor_configs``: None uses :data:`PACKAGE_INDUCTOR_CONFIGS` (other settings
+    are for measuring them)."""
     import torch._inductor  # the compiler: imported only when a package is built
 
     path = Path(path)
@@ -158,7 +168,7 @@ def build_package(network: nn.Module, batch: int, size: int, path: str | Path, p
     module = _Bf16Autocast(network.eval()) if precision == "bf16" else network.eval()
     with torch.no_grad(), atomic_output(path) as tmp:
         exported = torch.export.export(module, (example,))
-        torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp), inductor_configs={"freezing": True})
+        torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp), inductor_configs=dict(PACKAGE_INDUCTOR_CONFIGS if inductor_configs is None else inductor_configs))
         digest = _package_digest(tmp)
         with atomic_output(_digest_path(path)) as record:
             record.write_text(digest + "\n")
