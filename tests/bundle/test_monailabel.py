@@ -191,10 +191,24 @@ def plain_network_mask(studies, bundle_copy) -> np.ndarray:
     return _bundle_mask(bundle_copy, studies["ct_a"][0], plain=True)
 
 
-def test_inference_task_runs_the_bundles_optimised_network(label_python, bundle_copy, studies, expected_mask):
+def test_inference_task_runs_the_bundles_optimised_network(
+    label_python, bundle_copy, studies, expected_mask, tmp_path
+):
     """The app's infer task calls the bundle's ``network`` (BatchNorm folded, channels-last), not a
-    plain ``network_def`` copy, once per model file, and gives the bundle's mask."""
+    plain ``network_def`` copy, once per model file, and gives the bundle's mask; so do the CLI
+    and the Python API on the same CT with the same weights (the four entry points, one mask)."""
     import subprocess
+
+    import infnet_monai
+    from infnet_monai.cli import main
+
+    image, weights = studies["ct_a"][0], bundle_copy / "models" / "model.pt"
+    api_mask = infnet_monai.segment(image, weights=weights, device="cpu", compile=False).mask[0].numpy()
+    assert main(["segment", str(image), "-o", str(tmp_path / "cli"), "--weights", str(weights), "--device", "cpu",
+                 "--compile", "off", "-q"]) == 0
+    cli_mask = np.asarray(nib.load(str(tmp_path / "cli" / "ct_a_seg.nii.gz")).dataobj)
+    np.testing.assert_array_equal(api_mask, expected_mask)
+    np.testing.assert_array_equal(cli_mask, expected_mask)
 
     script = f"""
 import sys, torch, numpy
