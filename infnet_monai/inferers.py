@@ -99,8 +99,9 @@ def slice_inferer(
     inputs (a single channel is converted to the network input per slice batch); ``size``: S
     (None: the shipped model's, :func:`infnet_monai.shipped.network_size`).
 
-    Slices run on ``device`` in batches of ``batch_size`` (default :func:`default_batch_size`)
-    in ``precision`` (default :func:`default_precision`); the output volume is assembled on the
+    Slices run on ``device`` in batches of ``batch_size`` (default
+    :func:`~infnet_monai.runtime.policy.default_batch_size`) in ``precision`` (default
+    :func:`~infnet_monai.runtime.policy.default_precision`); the output volume is assembled on the
     input's device (the CPU for volumes from transforms), so the GPU holds only one batch.
     """
     return InfNetSliceInferer(

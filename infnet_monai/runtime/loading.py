@@ -59,12 +59,14 @@ def load_network(
 
     ``optimize``: return the inference-only copy of :func:`optimize_for_inference` (BatchNorm
     folded, channels-last); False gives the plain eval ``InfNet``. ``compile`` (CPU, with
-    ``optimize``): run it from its ahead-of-time compiled package for ``batch_size`` slices per
-    call (default :func:`default_batch_size`; :mod:`~infnet_monai.runtime.packaged`): None uses
-    a package built before on this machine, True also builds it when missing (30-60 s, worth it
-    for long runs: :func:`compile_choice`), False never; the package runs in ``precision``
-    (fp32 or bf16 autocast baked in; None: :func:`default_precision`), the precision the slice
-    inferer runs the eager network in. ``network``: the module to load the weights into (a
+    ``optimize``): run it from its ahead-of-time compiled package
+    (:mod:`~infnet_monai.runtime.packaged`) for ``batch_size`` slices per call (default
+    :func:`~infnet_monai.runtime.policy.default_batch_size`): None uses a package built before on
+    this machine, True also builds it when missing (30-60 s, worth it for long runs:
+    :func:`~infnet_monai.runtime.policy.compile_choice`), False never; the package runs in
+    ``precision`` (fp32 or bf16 autocast baked in; None:
+    :func:`~infnet_monai.runtime.policy.default_precision`), the precision the slice inferer runs
+    the eager network in. ``network``: the module to load the weights into (a
     bundle's ``network_def``; None: a new ``InfNet()``).
     """
     weights = require_weights(weights)

@@ -168,7 +168,8 @@ def build_package(
     module = _Bf16Autocast(network.eval()) if precision == "bf16" else network.eval()
     with torch.no_grad(), atomic_output(path) as tmp:
         exported = torch.export.export(module, (example,))
-        torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp), inductor_configs=dict(PACKAGE_INDUCTOR_CONFIGS if inductor_configs is None else inductor_configs))
+        configs = dict(PACKAGE_INDUCTOR_CONFIGS if inductor_configs is None else inductor_configs)
+        torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp), inductor_configs=configs)
         digest = _package_digest(tmp)
         with atomic_output(_digest_path(path)) as record:
             record.write_text(digest + "\n")
@@ -267,14 +268,16 @@ def packaged_network(
         try:
             build_package(network, batch, size, path, precision)
         except Exception as exc:  # noqa: BLE001 - no C++ compiler, unsupported op, full disk...
-            warnings.warn(f"building the compiled network failed ({one_line(exc, with_type=True, first_only=True)}); running the network uncompiled")
+            reason = one_line(exc, with_type=True, first_only=True)
+            warnings.warn(f"building the compiled network failed ({reason}); running the network uncompiled")
             return network
     try:
         runner = _load_runner(path)
     except Exception as exc:  # noqa: BLE001 - truncated or foreign file
+        reason = one_line(exc, with_type=True, first_only=True)
         warnings.warn(
-            f"{path}: compiled network could not be loaded ({one_line(exc, with_type=True, first_only=True)}); running the network "
-            "uncompiled (delete the file to rebuild it)"
+            f"{path}: compiled network could not be loaded ({reason}); running the network uncompiled (delete the "
+            "file to rebuild it)"
         )
         return network if network is not None else make_network()
     return PackagedNetwork(runner, batch, size, make_network, network, precision).eval()

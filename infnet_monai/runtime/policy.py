@@ -66,8 +66,8 @@ def compile_choice(
     precision: str | None = None,
     requested: bool | None = None,
 ) -> bool | None:
-    """``compile`` for :func:`load_network`: ``requested`` when given (CLI ``--compile on|off``);
-    without it True (build the compiled package if missing) when the run pays back a build
+    """``compile`` for :func:`~infnet_monai.runtime.loading.load_network`: ``requested`` when
+    given (CLI ``--compile on|off``); without it True (build the compiled package if missing) when the run pays back a build
     (:func:`compile_pays_off`), else None (use a package built before, if any). Packages run
     fp32 or bf16: fp16 gives False, and refuses ``requested=True`` (ValueError)."""
     if (precision or "fp32") not in PACKAGE_PRECISIONS:
@@ -96,6 +96,6 @@ def default_precision(device: str | torch.device | None = None) -> str:
     With the shipped model, bf16 masks agree with fp32 ones to Dice 0.9967 on the example CT and
     0.9973 on the shared DICOM series, involvement within 0.001 percentage points (tested in
     ``tests/test_shipped_model.py``); ``--precision fp32`` keeps the exact path. Compiled
-    packages are built for either (:func:`load_network`).
+    packages are built for either (:func:`~infnet_monai.runtime.loading.load_network`).
     """
     return "bf16" if default_device(device).type == "cpu" and native_bf16() else "fp32"
