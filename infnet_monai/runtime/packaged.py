@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from infnet_monai.utils import atomic_output, file_digest
+from infnet_monai.utils.digest import cached_file_digest
 from infnet_monai.utils.cache import CACHE_ENV, cache_dir
 from infnet_monai.utils.cpuinfo import cpuinfo_field
 from infnet_monai.utils.errors import one_line
@@ -75,11 +76,11 @@ PACKAGE_PRECISIONS = ("fp32", "bf16")
 
 def package_path(weights: str | Path, batch: int, size: int, precision: str = "fp32") -> Path:
     """Where the package of the network with ``weights`` for ``(batch, 3, size, size)`` slices
-    in ``precision`` is (or would be). Reads the weights file once (about 0.1 s for Inf-Net's
-    125 MB)."""
+    in ``precision`` is (or would be). The weights' digest is read once per weights file and
+    remembered (:func:`~infnet_monai.utils.digest.cached_file_digest`)."""
     if precision not in PACKAGE_PRECISIONS:
         raise ValueError(f"compiled packages run {' or '.join(PACKAGE_PRECISIONS)}, not {precision}")
-    digest = hashlib.blake2b(file_digest(weights, digest_size=32).encode(), digest_size=12)
+    digest = hashlib.blake2b(cached_file_digest(weights, digest_size=32).encode(), digest_size=12)
     here = Path(__file__).parents[1]
     for name in _NETWORK_SOURCES:
         digest.update((here / f"{name}.py").read_bytes())
