@@ -178,7 +178,9 @@ def build_package(
 
 
 def _load_runner(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The package's forward on one input tensor (the C++ loader: no Inductor import needed)."""
+    """The package's forward on one input tensor, through the C++ loader that the public
+    ``torch._inductor.aoti_load_package`` wraps: importing ``torch._inductor`` for it would add
+    1.0-1.3 s to every run's start on the 2-core CPU of ``benchmarks/RESULTS.md``."""
     loader = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
     return lambda x: loader.run([x])[0]
 
