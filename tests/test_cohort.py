@@ -224,3 +224,14 @@ def test_torchrun_cli_shards_by_rank_and_rank0_merges(weights, tmp_path):  # noq
     assert sorted(_masks(out)) == [f"case{i}_seg.nii.gz" for i in range(5)]
     assert [len(_rows(out / f"summary.part-{r}-of-2.csv")) for r in (0, 1)] == [3, 2]
     assert len(_rows(out / "summary.csv")) == 5 and "5 volume(s) in summary.csv, 0 failed" in run.stdout
+
+
+def test_summarize_starts_without_torch_or_monai(tmp_path):
+    """Merging a run's tables is file work: ``summarize`` imports neither torch nor MONAI."""
+    (tmp_path / "summary.part-0-of-1.csv").write_text("")
+    code = ("import sys; from infnet_monai.cli import main; code = main(['summarize', sys.argv[1]]); "
+            "print(code, 'torch' in sys.modules, 'monai' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, cwd=REPO_ROOT,
+                         check=True)
+    assert run.stdout.split()[-2:] == ["False", "False"], run.stdout + run.stderr
+    assert "0 volume(s)" in run.stdout
