@@ -10,10 +10,12 @@ as fast as the eager bf16 network in bf16.
 Building takes 30-60 s; loading a built package about 0.1-0.5 s, less than loading the weights
 into the eager network, so every later run on the machine gains from its first slice.
 
-Packages live in :func:`package_dir`, named by a digest of the weights file, the network's
-source code, the batch, the slice size and the precision, plus the torch version and the CPU's instruction
-set: a package is only ever used for the weights, code, shapes and machine type it was built
-for. Files are written to a temporary name and renamed: a package is complete or absent.
+Packages live in :func:`package_dir`, named by a digest of the weights file, a digest of the
+network's source code, the batch, the slice size and the precision, plus the torch version and
+the CPU's instruction set: a package is only ever used for the weights, code, shapes and machine
+type it was built for. Files are written to a temporary name and renamed: a package is complete
+or absent. A new build removes the packages of earlier code for the same weights, shapes,
+precision and machine type (left behind by an upgrade; about 70 MB each).
 
 A package is native code that ``dlopen`` runs, so it is used only from a folder that is the
 user's own (owned by them, no access for group or others; created with mode 0700) and only when
@@ -80,13 +82,37 @@ def package_path(weights: str | Path, batch: int, size: int, precision: str = "f
     remembered (:func:`~infnet_monai.utils.digest.cached_file_digest`)."""
     if precision not in PACKAGE_PRECISIONS:
         raise ValueError(f"compiled packages run {' or '.join(PACKAGE_PRECISIONS)}, not {precision}")
-    digest = hashlib.blake2b(cached_file_digest(weights, digest_size=32).encode(), digest_size=12)
+    weights_digest = hashlib.blake2b(cached_file_digest(weights, digest_size=32).encode(), digest_size=6)
+    code_digest = hashlib.blake2b(digest_size=4)
     here = Path(__file__).parents[1]
     for name in _NETWORK_SOURCES:
-        digest.update((here / f"{name}.py").read_bytes())
+        code_digest.update((here / f"{name}.py").read_bytes())
+    return package_dir() / _PACKAGE_NAME.format(weights=weights_digest.hexdigest(), code=code_digest.hexdigest(),
+                                                rest=_package_suffix(batch, size, precision))
+
+
+# infnet-<weights digest>-<code digest>-b<batch>-<size>px[-bf16]-<torch and CPU tag>.pt2
+_PACKAGE_NAME = "infnet-{weights}-{code}-{rest}"
+
+
+def _package_suffix(batch: int, size: int, precision: str) -> str:
     tag = re.sub(r"[^A-Za-z0-9_-]+", "_", f"torch{torch.__version__}-{_cpu_tag()}")  # no dots: one suffix
-    kind = "" if precision == "fp32" else f"-{precision}"  # fp32 packages keep their names
-    return package_dir() / f"infnet-{digest.hexdigest()}-b{batch}-{size}px{kind}-{tag}.pt2"
+    kind = "" if precision == "fp32" else f"-{precision}"
+    return f"b{batch}-{size}px{kind}-{tag}.pt2"
+
+
+def remove_earlier_builds(path: Path) -> list[Path]:
+    """Delete the packages (and digest records) beside ``path`` that differ from it only in the
+    code digest: builds of earlier code for the same weights, shapes, precision and machine type.
+    Returns what was removed."""
+    weights, _, rest = path.name.removeprefix("infnet-").split("-", 2)
+    removed = []
+    for other in path.parent.glob(_PACKAGE_NAME.format(weights=weights, code="*", rest=rest)):
+        if other.name != path.name and re.fullmatch(r"[0-9a-f]{8}", other.name.split("-")[2]):
+            for stale in (other, _digest_path(other)):
+                stale.unlink(missing_ok=True)
+            removed.append(other)
+    return removed
 
 
 def private_package_dir() -> Path | None:
@@ -274,6 +300,7 @@ def packaged_network(
             reason = one_line(exc, with_type=True, first_only=True)
             warnings.warn(f"building the compiled network failed ({reason}); running the network uncompiled")
             return network
+        remove_earlier_builds(path)
     try:
         runner = _load_runner(path)
     except Exception as exc:  # noqa: BLE001 - truncated or foreign file

@@ -564,3 +564,29 @@ def test_prepare_builds_the_package_segment_then_uses(weights, tmp_path, monkeyp
     assert volume["inferred_slices"] == 4 and volume["slices"] == 10
     assert all(volume[key] > 0 for key in ("read_s", "network_s", "post_s", "write_s"))
     assert len(list((tmp_path / "cache" / "compiled").glob("*.pt2"))) == 1  # used, not built again
+
+
+def test_a_new_build_removes_the_builds_of_earlier_code_only(tmp_path, monkeypatch):
+    """Packages left by an upgrade (same weights, shapes, precision and machine; other code) are
+    removed after a build; packages of other weights, shapes or precisions stay."""
+    monkeypatch.setenv("INFNET_MONAI_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"weights")
+    current = package_path(weights, 2, 256, "bf16")
+    name_weights, name_code, rest = current.name.removeprefix("infnet-").split("-", 2)
+    folder = current.parent
+    folder.mkdir(parents=True)
+    earlier = folder / f"infnet-{name_weights}-0123abcd-{rest}"
+    kept = [
+        current,
+        folder / f"infnet-aaaaaaaaaaaa-{name_code}-{rest}",  # other weights
+        package_path(weights, 2, 256, "fp32"),  # other precision
+        package_path(weights, 4, 256, "bf16"),  # other batch
+        folder / f"infnet-{'b' * 24}-{rest}",  # the naming before code and weights digests were apart
+    ]
+    for path in [earlier, *kept]:
+        path.write_bytes(b"package")
+        packaged._digest_path(path).write_text("digest\n")
+    assert packaged.remove_earlier_builds(current) == [earlier]
+    assert not earlier.exists() and not packaged._digest_path(earlier).exists()
+    assert all(path.exists() and packaged._digest_path(path).exists() for path in kept)
