@@ -58,12 +58,13 @@ class SegmentOptions:
 
     ``weights``: None runs the shipped model. ``image_size``: in-plane size of the network
     input (None: the model's own, :func:`infnet_monai.shipped.network_size`).
-    ``batch_size``: slices per network call (None: 32 on a GPU, 2 on the CPU). ``precision``:
-    network precision ("fp32", or "fp16"/"bf16" autocast; None: bf16 on CPUs with native bf16,
-    fp32 elsewhere and with ``compile=True``, :func:`~infnet_monai.runtime.default_precision`). ``slice_crop``:
-    infer only the slices near the lungs. ``prefetch``: preprocess the next volume during the
+    ``batch_size``: slices per network call (None:
+    :func:`~infnet_monai.runtime.default_batch_size`). ``precision``: network precision ("fp32",
+    or "fp16"/"bf16" autocast; None: bf16 on CPUs with native bf16, fp32 elsewhere,
+    :func:`~infnet_monai.runtime.default_precision`). ``slice_crop``: infer only the slices near
+    the lungs. ``prefetch``: preprocess the next volume during the
     current one's inference (None: on a GPU only; on a 2-core CPU both compete for the cores).
-    ``compile`` (CPU, fp32): run the network from its compiled package, True building it when
+    ``compile`` (CPU, fp32 or bf16): run the network from its compiled package, True building it when
     missing, False never; None: a package built before is used, and one is built when the run is
     long enough to pay back the build (:func:`~infnet_monai.runtime.compile_choice`).
     ``classes``: ``"infection"`` (mask 0/1, ``<name>_seg.nii.gz``) or ``"patterns"`` (labelmap

@@ -27,6 +27,8 @@ import warnings
 import torch
 from torch import nn
 
+from infnet_monai.utils.errors import one_line
+
 from .fuse import fold_batchnorm
 
 __all__ = ["configure_backends", "script_for_cpu", "optimize_for_inference"]
@@ -77,5 +79,6 @@ def optimize_for_inference(
     try:
         return script_for_cpu(fast, example)
     except Exception as exc:  # noqa: BLE001 - any tracing failure: the eager network still works
-        warnings.warn(f"TorchScript optimisation failed ({exc.__class__.__name__}: {exc}); using the eager network")
+        reason = one_line(exc, with_type=True, first_only=True)
+        warnings.warn(f"TorchScript optimisation failed ({reason}); using the eager network")
         return fast

@@ -7,6 +7,9 @@ from __future__ import annotations
 import hashlib
 import os
 
+from infnet_monai.utils.atomic import atomic_output
+from infnet_monai.utils.cache import cache_dir
+
 __all__ = ["file_digest", "cached_file_digest"]
 
 
@@ -24,9 +27,6 @@ def cached_file_digest(path: str | os.PathLike, algorithm: str = "sha256", diges
     """:func:`file_digest`, remembered in the user's cache folder (``digests/``) under the file's
     identity: real path, size, modification time (ns) and inode. A file changed in any of them is
     read again. Falls back to reading the file when the cache cannot be written."""
-    from infnet_monai.utils.atomic import atomic_output
-    from infnet_monai.utils.cache import cache_dir
-
     info = os.stat(path)
     identity = f"{os.path.realpath(path)}|{info.st_size}|{info.st_mtime_ns}|{info.st_ino}|{algorithm}|{digest_size}"
     record = cache_dir("digests") / f"{hashlib.blake2b(identity.encode(), digest_size=16).hexdigest()}.txt"
