@@ -108,3 +108,13 @@ def test_lung_labels_are_exact_and_the_report_measures_the_same_lungs(weights, p
     qc = [np.asarray(PIL.Image.open(tmp_path / d / "case.v2_qc.png")) for d in ("s", "r")]
     assert qc[0].shape == qc[1].shape and np.array_equal(qc[0], qc[1])
     assert load_volume(tmp_path / "s" / "case.v2_seg.nii.gz", check_hu=False).shape == (1, 120, 128, 4)
+
+
+def test_loading_in_the_background_leaves_the_global_random_generator_alone(weights):  # noqa: F811
+    """The network is built without random initialisation (the weights overwrite it): a thread
+    loading it never draws from torch's global generator while the caller uses it."""
+    torch.manual_seed(0)
+    state = torch.random.get_rng_state()
+    segmenter = Segmenter(weights, device="cpu", compile=False)
+    assert segmenter.network is not None  # waits for the background load
+    assert torch.equal(torch.random.get_rng_state(), state)

@@ -8,6 +8,7 @@ The defaults (device, slice batch, precision) are :mod:`~infnet_monai.runtime.po
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -41,6 +42,17 @@ def require_weights(weights: str | Path | None) -> Path:
             "with infnet-monai convert-weights into this path"
         )
     return Path(weights)
+
+
+def _unfilled(make: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    """``make()`` built on the meta device and given uninitialised CPU storage, for a strict
+    weight load to fill (every parameter and buffer is in the state dict). No random
+    initialisation runs: it would be overwritten, and it would draw from torch's global random
+    generator, which the caller's code may be using while the network loads in a background
+    thread (:class:`~infnet_monai.segmenter.Segmenter`)."""
+    with torch.device("meta"):
+        network = make()
+    return network.to_empty(device="cpu")
 
 
 def load_network(
@@ -77,7 +89,7 @@ def load_network(
                          "use --device cpu or --compile off")
 
     def eager() -> torch.nn.Module:
-        net = load_authors_checkpoint(InfNet() if network is None else network, weights).eval()
+        net = load_authors_checkpoint(_unfilled(InfNet) if network is None else network, weights).eval()
         return optimize_for_inference(net, device, example_size=size) if optimize else net.to(device)
 
     precision = precision or default_precision(device)
@@ -133,5 +145,5 @@ def load_pattern_network(
         )
     device = default_device(device)
     infection = load_network(weights, device, compile=False, size=size)
-    unet = load_authors_checkpoint(InfNetUNet(), pattern_weights).eval()
+    unet = load_authors_checkpoint(_unfilled(InfNetUNet), pattern_weights).eval()
     return InfectionPatternNetwork(infection, optimize_for_inference(unet, device)).eval()
