@@ -118,3 +118,21 @@ def test_loading_in_the_background_leaves_the_global_random_generator_alone(weig
     segmenter = Segmenter(weights, device="cpu", compile=False)
     assert segmenter.network is not None  # waits for the background load
     assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_the_unfilled_network_is_built_without_initialisers_or_torch_dynamo():
+    """The meta-device build skips the value initialisers instead of running them through
+    torch's Python reference kernels, which import ``torch._dynamo`` (0.6 s of a CLI start);
+    the CPU network it gives has InfNet's parameters and buffers, shapes and dtypes."""
+    code = (
+        "import sys, torch\n"
+        "from infnet_monai.networks import InfNet\n"
+        "from infnet_monai.runtime.loading import _unfilled\n"
+        "net = _unfilled(InfNet)\n"
+        "reference = {k: (tuple(v.shape), v.dtype) for k, v in InfNet().state_dict().items()}\n"
+        "assert {k: (tuple(v.shape), v.dtype) for k, v in net.state_dict().items()} == reference\n"
+        "assert all(t.device.type == 'cpu' for t in net.state_dict().values())\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

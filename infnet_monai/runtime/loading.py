@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from infnet_monai.networks import InfNet, load_authors_checkpoint
 from infnet_monai.runtime.optimize import optimize_for_inference
@@ -44,13 +45,29 @@ def require_weights(weights: str | Path | None) -> Path:
     return Path(weights)
 
 
+class _SkipInitialisersOnMeta(TorchFunctionMode):
+    """Skips the value initialisers (``torch.nn.init``'s, ``normal_``, ``uniform_``, ``fill_``,
+    ``zero_``) on meta tensors, which hold no values: run, those of the meta device go through
+    Python reference kernels that import ``torch._dynamo`` (0.6 s of a CLI run's start)."""
+
+    _TENSOR_INITIALISERS = frozenset({"normal_", "uniform_", "fill_", "zero_"})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if args and isinstance(args[0], torch.Tensor) and args[0].is_meta and (
+            getattr(func, "__module__", None) == "torch.nn.init"
+            or getattr(func, "__name__", None) in self._TENSOR_INITIALISERS
+        ):
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
 def _unfilled(make: Callable[[], torch.nn.Module]) -> torch.nn.Module:
     """``make()`` built on the meta device and given uninitialised CPU storage, for a strict
     weight load to fill (every parameter and buffer is in the state dict). No random
     initialisation runs: it would be overwritten, and it would draw from torch's global random
     generator, which the caller's code may be using while the network loads in a background
     thread (:class:`~infnet_monai.segmenter.Segmenter`)."""
-    with torch.device("meta"):
+    with torch.device("meta"), _SkipInitialisersOnMeta():
         network = make()
     return network.to_empty(device="cpu")
 
