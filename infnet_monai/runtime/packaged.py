@@ -55,8 +55,8 @@ __all__ = [
     "packaged_network",
 ]
 
-# the modules whose code the compiled graph is made of (a change in any of them needs a new build)
-# the sources the compiled code comes from, relative to the package root
+# the modules (relative to the package root) whose code the compiled graph is made of: a change in any
+# of them needs a new build
 _NETWORK_SOURCES = ("networks/infnet", "networks/blocks", "networks/res2net", "networks/convert", "runtime/fuse",
                     "runtime/optimize")
 
@@ -102,13 +102,15 @@ def _package_suffix(batch: int, size: int, precision: str) -> str:
 
 
 def remove_earlier_builds(path: Path) -> list[Path]:
-    """Delete the packages (and digest records) beside ``path`` that differ from it only in the
-    code digest: builds of earlier code for the same weights, shapes, precision and machine type.
-    Returns what was removed."""
+    """Delete the packages (and digest records) beside ``path`` for the same shapes, precision
+    and machine type that this code never loads: builds of earlier code for the same weights
+    (another code digest), and builds named before the weights and code digests were apart (one
+    24-digit digest). Returns what was removed."""
     weights, _, rest = path.name.removeprefix("infnet-").split("-", 2)
+    earlier = re.compile(rf"infnet-({re.escape(weights)}-[0-9a-f]{{8}}|[0-9a-f]{{24}})-{re.escape(rest)}")
     removed = []
-    for other in path.parent.glob(_PACKAGE_NAME.format(weights=weights, code="*", rest=rest)):
-        if other.name != path.name and re.fullmatch(r"[0-9a-f]{8}", other.name.split("-")[2]):
+    for other in sorted(path.parent.glob(f"infnet-*-{rest}")):
+        if other.name != path.name and earlier.fullmatch(other.name):
             for stale in (other, _digest_path(other)):
                 stale.unlink(missing_ok=True)
             removed.append(other)

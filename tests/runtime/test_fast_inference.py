@@ -567,8 +567,9 @@ def test_prepare_builds_the_package_segment_then_uses(weights, tmp_path, monkeyp
 
 
 def test_a_new_build_removes_the_builds_of_earlier_code_only(tmp_path, monkeypatch):
-    """Packages left by an upgrade (same weights, shapes, precision and machine; other code) are
-    removed after a build; packages of other weights, shapes or precisions stay."""
+    """Packages left by an upgrade (same weights, shapes, precision and machine; other code, or
+    the naming before weights and code digests were apart) are removed after a build; packages
+    of other weights, shapes or precisions stay."""
     monkeypatch.setenv("INFNET_MONAI_CACHE", str(tmp_path / "cache"))
     weights = tmp_path / "w.pt"
     weights.write_bytes(b"weights")
@@ -576,17 +577,17 @@ def test_a_new_build_removes_the_builds_of_earlier_code_only(tmp_path, monkeypat
     name_weights, name_code, rest = current.name.removeprefix("infnet-").split("-", 2)
     folder = current.parent
     folder.mkdir(parents=True)
-    earlier = folder / f"infnet-{name_weights}-0123abcd-{rest}"
+    earlier = [folder / f"infnet-{name_weights}-0123abcd-{rest}", folder / f"infnet-{'b' * 24}-{rest}"]
     kept = [
         current,
         folder / f"infnet-aaaaaaaaaaaa-{name_code}-{rest}",  # other weights
         package_path(weights, 2, 256, "fp32"),  # other precision
         package_path(weights, 4, 256, "bf16"),  # other batch
-        folder / f"infnet-{'b' * 24}-{rest}",  # the naming before code and weights digests were apart
+        folder / f"infnet-{'c' * 24}-{rest.replace('b2-', 'b4-')}",  # the earlier naming, another batch
     ]
-    for path in [earlier, *kept]:
+    for path in [*earlier, *kept]:
         path.write_bytes(b"package")
         packaged._digest_path(path).write_text("digest\n")
-    assert packaged.remove_earlier_builds(current) == [earlier]
-    assert not earlier.exists() and not packaged._digest_path(earlier).exists()
+    assert sorted(packaged.remove_earlier_builds(current)) == sorted(earlier)
+    assert not any(path.exists() or packaged._digest_path(path).exists() for path in earlier)
     assert all(path.exists() and packaged._digest_path(path).exists() for path in kept)
