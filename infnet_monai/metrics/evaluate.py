@@ -48,6 +48,7 @@ from infnet_monai.metrics.volume import (
     spacing_mm,
     summarise_volume_metrics,
 )
+from infnet_monai.utils.errors import one_line
 
 __all__ = [
     "case_name",
@@ -67,8 +68,8 @@ def _load_volume(path: Path, loader: LoadImage):
         while cause.__cause__ is not None:
             cause = cause.__cause__
         raise ValueError(
-            f"{path}: unreadable ({cause.__class__.__name__}: {' '.join(str(cause).split())[:160]}); the file is "
-            "truncated or corrupt, write it again"
+            f"{path}: unreadable ({one_line(cause, with_type=True, first_only=True)}); the file is truncated or "
+            "corrupt, write it again"
         ) from exc
     if image.ndim == 4 and image.shape[-1] == 1:
         image = image[..., 0]
