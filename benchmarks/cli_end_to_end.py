@@ -1,7 +1,7 @@
 """The shipped model on this CPU: the network against the machine's bf16 limit, and the CLI end to
 end in fresh processes on the shared 64-slice series, with where its time goes.
 
-    python benchmarks/cli_end_to_end.py [--repeats 3] [--series DIR]
+    python benchmarks/cli_end_to_end.py [--repeats 3] [--series DIR] [--cohort 5] [--sections 1,2,3,4]
 
 Printed, in one run:
 
@@ -16,7 +16,11 @@ Printed, in one run:
    package cache (no package: the eager bf16 network), then after ``infnet-monai prepare``
    (the bf16 package) "later runs"; wall seconds, time from process start to the first slice
    batch entering the network, reading + preprocessing, network, postprocessing, writing, and
-   the wall time over the network's time on the slices it infers.
+   the wall time over the network's time on the slices it infers;
+4. a cohort in one fresh process (``--cohort`` copies of the series as NIfTI, the package
+   built): wall over network for the whole run, and per volume after the first (the process
+   start paid once): read + preprocess, network, postprocess, write, and their sum over the
+   network.
 
 Medians of ``--repeats`` (rows alternate within each round); the load average is printed.
 """
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -35,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from common import interleaved, machine_line, model_runner, set_threads
+from common import bench_volume, interleaved, machine_line, model_runner, set_threads
 from model_limit import matmul_gflops
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,20 +67,46 @@ def network_rows(size: int, batch: int, repeats: int, cache: Path) -> tuple[dict
     return {name: t.wall / image.shape[-1] * 1000 for name, t in timings.items()}, build
 
 
-def cli_run(series: Path, out: Path, cache: Path) -> dict:
-    """One ``infnet-monai segment`` in a fresh process: wall seconds and its ``--timings``."""
+def _volume_row(volume: dict) -> dict:
+    return {"read": volume["read_s"], "network": volume["network_s"], "post": volume["post_s"],
+            "write": volume["write_s"], "inferred": volume["inferred_slices"]}
+
+
+def cli_run(inputs: Path, out: Path, cache: Path, every_volume: bool = False) -> dict:
+    """One ``infnet-monai segment INPUTS`` in a fresh process: wall seconds and its ``--timings``
+    (the first volume's, or with ``every_volume`` each volume's under ``"volumes"``)."""
     timings = out / "timings.json"
     env = {**os.environ, "INFNET_MONAI_CACHE": str(cache)}
-    command = [sys.executable, "-m", "infnet_monai.cli", "segment", str(series), "-o", str(out), "-q", "--overwrite",
+    command = [sys.executable, "-m", "infnet_monai.cli", "segment", str(inputs), "-o", str(out), "-q", "--overwrite",
                "--timings", str(timings)]
     start = time.perf_counter()
     subprocess.run(command, env=env, check=True, capture_output=True)
     wall = time.perf_counter() - start
     data = json.loads(timings.read_text())
-    volume = data["volumes"][0]
-    return {"wall": wall, "first_slice": data["process_to_first_slice_s"], "read": volume["read_s"],
-            "network": volume["network_s"], "post": volume["post_s"], "write": volume["write_s"],
-            "inferred": volume["inferred_slices"]}
+    run = {"wall": wall, "first_slice": data["process_to_first_slice_s"]}
+    if every_volume:
+        return {**run, "volumes": [_volume_row(v) for v in data["volumes"]]}
+    return {**run, **_volume_row(data["volumes"][0])}
+
+
+def cohort_rows(series_nifti: Path, count: int, work: Path, cache: Path, repeats: int) -> None:
+    """Section 4: ``count`` copies of ``series_nifti`` segmented by one fresh process, ``repeats`` times."""
+    folder = work / "cohort"
+    folder.mkdir()
+    for i in range(count):
+        shutil.copy(series_nifti, folder / f"case{i}.nii.gz")
+    print(f"4. a cohort of {count} copies of the series (NIfTI) in one fresh process, package built ({repeats} runs):")
+    runs = [cli_run(folder, work / "out_cohort", cache, every_volume=True) for _ in range(repeats)]
+    ratios = [r["wall"] / sum(v["network"] for v in r["volumes"]) for r in runs]
+    later = [v for r in runs for v in r["volumes"][1:]]
+    med = {key: statistics.median(v[key] for v in later) for key in ("read", "network", "post", "write")}
+    total = sum(med.values())
+    walls = ", ".join(f"{r['wall']:.1f}" for r in runs)
+    print(f"   whole run: wall {statistics.median(r['wall'] for r in runs):.1f} s (runs {walls}); wall = "
+          f"{statistics.median(ratios):.2f} x network (spread {min(ratios):.2f}-{max(ratios):.2f})")
+    print(f"   per volume after the first (median of {len(later)}): read+preprocess {med['read']:.2f} s, network "
+          f"{med['network']:.2f} s, postprocess {med['post']:.2f} s, write {med['write']:.2f} s; "
+          f"sum = {total / med['network']:.2f} x network")
 
 
 def main(argv=None) -> int:
@@ -83,6 +114,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--series", type=Path, default=SHARED_SERIES)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--cohort", type=int, default=5, help="volumes of the cohort run (section 4; 0 skips it)")
+    parser.add_argument("--sections", default="1,2,3,4", help="sections to run (the limit is always measured)")
     args = parser.parse_args(argv)
     set_threads(args.threads)
     from infnet_monai.networks import InfNet
@@ -98,31 +131,41 @@ def main(argv=None) -> int:
     limit_ms = gflop / conv_rate * 1000
     print(f"1. limit: {str(limit_dtype).removeprefix('torch.')} 1x1 convolution (oneDNN) {conv_rate:.0f} GFLOP/s; "
           f"Inf-Net {gflop:.1f} GFLOP per {size}x{size} slice -> {limit_ms:.1f} ms/slice")
+    sections = {int(x) for x in args.sections.split(",") if x.strip()}
     with tempfile.TemporaryDirectory(prefix="infnet_bench_") as work:
         work = Path(work)
-        rows, build = network_rows(size, batch, args.repeats, work / "cache_network")
-        print(f"2. network alone, {batch} slices per call ({args.repeats} rounds; bf16 package built in {build:.0f} s):")
-        for name, ms in rows.items():
-            print(f"   {name:36s} {ms:6.1f} ms/slice = {ms / limit_ms:4.2f} x limit")
-        if not args.series.is_dir():
-            print(f"3. skipped: {args.series} not found")
+        if 2 in sections:
+            rows, build = network_rows(size, batch, args.repeats, work / "cache_network")
+            print(f"2. network alone, {batch} slices per call ({args.repeats} rounds; bf16 package built in {build:.0f} s):")
+            for name, ms in rows.items():
+                print(f"   {name:36s} {ms:6.1f} ms/slice = {ms / limit_ms:4.2f} x limit")
+        if not sections & {3, 4}:
             return 0
-        print(f"3. infnet-monai segment {args.series.name} in fresh processes, default flags ({args.repeats} runs each):")
+        if not args.series.is_dir():
+            print(f"3-4. skipped: {args.series} not found")
+            return 0
         cache = work / "cache_cli"
         results: dict[str, list[dict]] = {"first run (no package)": [], "later runs (after prepare)": []}
-        for _ in range(args.repeats):
-            results["first run (no package)"].append(cli_run(args.series, work / "out_first", work / f"fresh_{time.time_ns()}"))
+        if 3 in sections:
+            for _ in range(args.repeats):
+                results["first run (no package)"].append(
+                    cli_run(args.series, work / "out_first", work / f"fresh_{time.time_ns()}"))
         subprocess.run([sys.executable, "-m", "infnet_monai.cli", "prepare"], check=True, capture_output=True,
                        env={**os.environ, "INFNET_MONAI_CACHE": str(cache)})
-        for _ in range(args.repeats):
-            results["later runs (after prepare)"].append(cli_run(args.series, work / "out_later", cache))
-        for name, runs in results.items():
-            med = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
-            walls = ", ".join(f"{r['wall']:.2f}" for r in runs)
-            print(f"   {name}: wall {med['wall']:.2f} s (runs {walls}); process start to first slice {med['first_slice']:.2f} s; "
-                  f"read+preprocess {med['read']:.2f} s, network {med['network']:.2f} s ({med['inferred']:.0f} slices, "
-                  f"{med['network'] / med['inferred'] * 1000:.0f} ms/slice), postprocess {med['post']:.2f} s, "
-                  f"write {med['write']:.2f} s; wall = {med['wall'] / med['network']:.1f} x network")
+        if 3 in sections:
+            print(f"3. infnet-monai segment {args.series.name} in fresh processes, default flags ({args.repeats} runs each):")
+            for _ in range(args.repeats):
+                results["later runs (after prepare)"].append(cli_run(args.series, work / "out_later", cache))
+            for name, runs in results.items():
+                med = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+                walls = ", ".join(f"{r['wall']:.2f}" for r in runs)
+                print(f"   {name}: wall {med['wall']:.2f} s (runs {walls}); process start to first slice "
+                      f"{med['first_slice']:.2f} s; read+preprocess {med['read']:.2f} s, network {med['network']:.2f} s "
+                      f"({med['inferred']:.0f} slices, {med['network'] / med['inferred'] * 1000:.0f} ms/slice), "
+                      f"postprocess {med['post']:.2f} s, write {med['write']:.2f} s; wall = "
+                      f"{med['wall'] / med['network']:.1f} x network")
+        if 4 in sections and args.cohort > 1:
+            cohort_rows(bench_volume(64), args.cohort, work, cache, args.repeats)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     return 0
 
