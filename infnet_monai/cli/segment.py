@@ -99,20 +99,16 @@ def add_segment(sub: argparse._SubParsersAction) -> None:
 def _prepare(args: argparse.Namespace) -> int:
     import time
 
-    from infnet_monai.runtime import default_batch_size, default_precision, prepare_package, require_weights
-    from infnet_monai.shipped import network_size
+    from infnet_monai.runtime import prepare_package
 
-    weights = require_weights(args.weights)
-    size, batch = args.image_size or network_size(weights), args.batch_size or default_batch_size("cpu")
-    precision = args.precision or default_precision("cpu")
     start = time.perf_counter()
     try:
-        path = prepare_package(weights, batch, size, precision)
+        built = prepare_package(args.weights, args.batch_size, args.image_size, args.precision)
     except RuntimeError as exc:
         print(f"infnet-monai prepare: error: {exc}", file=sys.stderr)
         return 1
-    print(f"{path}: compiled network ready ({precision}, {batch} slices of {size}x{size} per call; "
-          f"{time.perf_counter() - start:.0f} s); segment runs use it from now on")
+    print(f"{built.path}: compiled network ready ({built.precision}, {built.batch_size} slices of "
+          f"{built.size}x{built.size} per call; {time.perf_counter() - start:.0f} s); segment runs use it from now on")
     return 0
 
 

@@ -9,7 +9,14 @@
 """
 
 from . import loading, policy
-from .loading import MissingWeightsError, load_network, load_pattern_network, prepare_package, require_weights
+from .loading import (
+    MissingWeightsError,
+    PreparedPackage,
+    load_network,
+    load_pattern_network,
+    prepare_package,
+    require_weights,
+)
 from .policy import (
     COMPILE_MIN_SLICES,
     PRECISIONS,

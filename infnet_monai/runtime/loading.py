@@ -8,7 +8,7 @@ The defaults (device, slice batch, precision) are :mod:`~infnet_monai.runtime.po
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -19,7 +19,9 @@ from infnet_monai.runtime.packaged import PACKAGE_PRECISIONS, packaged_network
 from infnet_monai.runtime.policy import default_batch_size, default_device, default_precision
 from infnet_monai.shipped import default_weights, network_size
 
-__all__ = ["MissingWeightsError", "require_weights", "load_network", "prepare_package", "load_pattern_network"]
+__all__ = [
+    "MissingWeightsError", "PreparedPackage", "require_weights", "load_network", "prepare_package", "load_pattern_network",
+]
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -116,14 +118,24 @@ def load_network(
                             precision=precision)
 
 
+class PreparedPackage(NamedTuple):
+    """A compiled package ready for use: its file and the slices it runs, ``batch_size`` of
+    ``size`` x ``size`` px per call, in ``precision``."""
+
+    path: Path
+    batch_size: int
+    size: int
+    precision: str
+
+
 def prepare_package(
     weights: str | Path | None = None, batch_size: int | None = None, size: int | None = None,
     precision: str | None = None,
-) -> Path:
+) -> PreparedPackage:
     """Build the compiled CPU package of :func:`load_network` for ``weights`` (None: the shipped
     model), ``batch_size`` slices of ``size`` px in ``precision`` (None: the CPU's defaults), or
-    find the one built before; returns its path (``infnet-monai prepare``). Raises
-    ``RuntimeError`` with the one-line reason when no package could be built or loaded."""
+    find the one built before (``infnet-monai prepare``). Raises ``RuntimeError`` with the
+    one-line reason when no package could be built or loaded."""
     import warnings
 
     from infnet_monai.runtime.packaged import PackagedNetwork, package_path
@@ -137,7 +149,7 @@ def prepare_package(
         network = load_network(weights, "cpu", compile=True, batch_size=batch_size, size=size, precision=precision)
     if not isinstance(network, PackagedNetwork):
         raise RuntimeError(str(caught[-1].message) if caught else "no compiled package could be built")
-    return package_path(weights, batch_size, size, precision)
+    return PreparedPackage(package_path(weights, batch_size, size, precision), batch_size, size, precision)
 
 
 def load_pattern_network(
