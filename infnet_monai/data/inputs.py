@@ -4,6 +4,7 @@ into one path per volume; ``CTInputError`` for inputs that are not a readable 3D
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 from collections.abc import Iterable
@@ -70,8 +71,19 @@ def input_kind(path: PathLike) -> InputKind:
 def estimated_slices(path: PathLike) -> int:
     """Axial slices of the volume at ``path`` without reading its voxels: a NIfTI's size along
     its slice axis (from the header's affine), a DICOM folder's file count, a multi-frame file's
-    frame count; 0 when unknown or unreadable (the reader reports bad files)."""
+    frame count; 0 when unknown or unreadable (the reader reports bad files). Remembered per
+    path and modification time: a run asks once for its output space, once for its compile
+    choice."""
     path = Path(path)
+    try:
+        modified = path.stat().st_mtime_ns
+    except OSError:
+        return 0
+    return _estimated_slices(path, modified)
+
+
+@functools.lru_cache(maxsize=4096)
+def _estimated_slices(path: Path, modified: int) -> int:
     try:
         kind = input_kind(path)
         if kind == "nifti":

@@ -4,6 +4,7 @@ input, slice crop to the lungs, the restricted lung dilation and prefetching."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 
@@ -447,6 +448,15 @@ def test_compile_pays_off_only_for_long_cpu_runs(tmp_path):
 
 def test_dicom_series_slices_estimated_from_the_file_count(dicom_series_dir):
     assert estimated_slices(dicom_series_dir) == 64
+
+
+def test_slice_estimates_are_remembered_until_the_file_changes(tmp_path):
+    path = tmp_path / "a.nii.gz"
+    _blank_volume(path, 7)
+    assert estimated_slices(path) == 7 and estimated_slices(path) == 7
+    _blank_volume(path, 9)
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))  # a later modification time
+    assert estimated_slices(path) == 9
 
 
 def test_segment_compiles_only_when_it_pays_off(weights, tmp_path, monkeypatch):  # noqa: F811
