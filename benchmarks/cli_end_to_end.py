@@ -16,7 +16,8 @@ Printed, in one run:
    package cache (no package: the eager bf16 network), then after ``infnet-monai prepare``
    (the bf16 package) "later runs"; wall seconds, time from process start to the first slice
    batch entering the network, reading + preprocessing, network, postprocessing, writing, and
-   the wall time over the network's time on the slices it infers;
+   the wall time over the network's time on the slices it infers; alternated with the later runs,
+   the floor of any MONAI-based command: a fresh process that only imports torch and MONAI;
 4. a cohort in one fresh process (``--cohort`` copies of the series as NIfTI, the package
    built): wall over network for the whole run, and per volume after the first (the process
    start paid once): read + preprocess, network, postprocess, write, and their sum over the
@@ -65,6 +66,15 @@ def network_rows(size: int, batch: int, repeats: int, cache: Path) -> tuple[dict
     runs = {name: model_runner(net, image, batch, dtype) for name, (net, dtype) in forms.items()}
     timings = interleaved(runs, repeats)
     return {name: t.wall / image.shape[-1] * 1000 for name, t in timings.items()}, build
+
+
+def import_floor() -> float:
+    """Wall seconds of a fresh process that only imports torch and MONAI's transforms: what any
+    MONAI-based command pays before its own code runs (it exits without the interpreter's teardown, as
+    the CLI does)."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import os, torch, monai.transforms; os._exit(0)"], check=True, capture_output=True)
+    return time.perf_counter() - start
 
 
 def _volume_row(volume: dict) -> dict:
@@ -154,8 +164,10 @@ def main(argv=None) -> int:
                        env={**os.environ, "INFNET_MONAI_CACHE": str(cache)})
         if 3 in sections:
             print(f"3. infnet-monai segment {args.series.name} in fresh processes, default flags ({args.repeats} runs each):")
-            for _ in range(args.repeats):
+            floors = []
+            for _ in range(args.repeats):  # alternated with the runs: the same machine state
                 results["later runs (after prepare)"].append(cli_run(args.series, work / "out_later", cache))
+                floors.append(import_floor())
             for name, runs in results.items():
                 med = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
                 walls = ", ".join(f"{r['wall']:.2f}" for r in runs)
@@ -164,6 +176,12 @@ def main(argv=None) -> int:
                       f"({med['inferred']:.0f} slices, {med['network'] / med['inferred'] * 1000:.0f} ms/slice), "
                       f"postprocess {med['post']:.2f} s, write {med['write']:.2f} s; wall = "
                       f"{med['wall'] / med['network']:.1f} x network")
+            floor = statistics.median(floors)
+            later = results["later runs (after prepare)"]
+            first_slice, wall, network = (statistics.median(r[k] for r in later) for k in ("first_slice", "wall", "network"))
+            print(f"   floor: a bare process importing torch and MONAI {floor:.2f} s (runs "
+                  f"{', '.join(f'{f:.2f}' for f in floors)}); later runs beyond it: first slice {first_slice - floor:.2f} s "
+                  f"after the floor, wall - floor = {(wall - floor) / network:.1f} x network")
         if 4 in sections and args.cohort > 1:
             cohort_rows(bench_volume(64), args.cohort, work, cache, args.repeats)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
