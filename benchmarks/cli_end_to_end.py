@@ -168,20 +168,20 @@ def main(argv=None) -> int:
             for _ in range(args.repeats):  # alternated with the runs: the same machine state
                 results["later runs (after prepare)"].append(cli_run(args.series, work / "out_later", cache))
                 floors.append(import_floor())
-            for name, runs in results.items():
-                med = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
-                walls = ", ".join(f"{r['wall']:.2f}" for r in runs)
+            medians = {name: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+                       for name, runs in results.items()}
+            for name, med in medians.items():
+                walls = ", ".join(f"{r['wall']:.2f}" for r in results[name])
                 print(f"   {name}: wall {med['wall']:.2f} s (runs {walls}); process start to first slice "
                       f"{med['first_slice']:.2f} s; read+preprocess {med['read']:.2f} s, network {med['network']:.2f} s "
                       f"({med['inferred']:.0f} slices, {med['network'] / med['inferred'] * 1000:.0f} ms/slice), "
                       f"postprocess {med['post']:.2f} s, write {med['write']:.2f} s; wall = "
                       f"{med['wall'] / med['network']:.1f} x network")
-            floor = statistics.median(floors)
-            later = results["later runs (after prepare)"]
-            first_slice, wall, network = (statistics.median(r[k] for r in later) for k in ("first_slice", "wall", "network"))
+            floor, later = statistics.median(floors), medians["later runs (after prepare)"]
             print(f"   floor: a bare process importing torch and MONAI {floor:.2f} s (runs "
-                  f"{', '.join(f'{f:.2f}' for f in floors)}); later runs beyond it: first slice {first_slice - floor:.2f} s "
-                  f"after the floor, wall - floor = {(wall - floor) / network:.1f} x network")
+                  f"{', '.join(f'{f:.2f}' for f in floors)}); later runs beyond it: first slice "
+                  f"{later['first_slice'] - floor:.2f} s after the floor, wall - floor = "
+                  f"{(later['wall'] - floor) / later['network']:.1f} x network")
         if 4 in sections and args.cohort > 1:
             cohort_rows(bench_volume(64), args.cohort, work, cache, args.repeats)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
