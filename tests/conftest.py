@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -15,8 +16,16 @@ BUNDLE_DIR = REPO_ROOT / "bundles" / "covid19_lung_infection_ct_segmentation"
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
-# compiled network packages go to a throw-away cache, never the user's (subprocesses inherit it)
-os.environ["INFNET_MONAI_CACHE"] = tempfile.mkdtemp(prefix="infnet_monai_test_cache_")
+# Compiled network packages go to a throw-away cache, never the user's, and so do torch's compiler
+# files unless a developer points TORCHINDUCTOR_CACHE_DIR at a lasting one (subprocesses inherit
+# both). The folder is removed when the session ends: each session's packages are ~130 MB.
+TEST_CACHE = Path(tempfile.mkdtemp(prefix="infnet_monai_test_cache_"))
+os.environ["INFNET_MONAI_CACHE"] = str(TEST_CACHE)
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(TEST_CACHE / "inductor"))
+
+
+def pytest_unconfigure(config) -> None:
+    shutil.rmtree(TEST_CACHE, ignore_errors=True)
 
 
 def _shared_path(*parts: str) -> Path:
