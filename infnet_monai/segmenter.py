@@ -39,8 +39,8 @@ CT_KEY = "ct"
 def as_ct_item(image: Any, image_key: str = "image") -> tuple[dict, bool]:
     """``({image_key: ...}, loaded)`` for the chain: a path stays a path for the CT reader
     (``loaded`` False); a ``nibabel`` image or a tensor becomes a float32 ``MetaTensor``
-    ``(1, X, Y, Z)`` with its affine (``loaded`` True), checked to be a CT in HU."""
-    from infnet_monai.data.ct_reader import check_hounsfield
+    ``(1, X, Y, Z)`` with its affine (``loaded`` True), checked to be finite and a CT in HU."""
+    from infnet_monai.data.ct_reader import check_finite, check_hounsfield
 
     if isinstance(image, (str, os.PathLike)):
         return {image_key: str(image)}, False
@@ -58,7 +58,9 @@ def as_ct_item(image: Any, image_key: str = "image") -> tuple[dict, bool]:
     if data.ndim != 4 or data.shape[0] != 1:
         raise ValueError(f"expected a CT volume (X, Y, Z) or (1, X, Y, Z), got shape {tuple(image.shape)}")
     name = str(image.meta.get("filename_or_obj", "") or "the image in memory")
-    check_hounsfield(name, data.detach().cpu().numpy())
+    array = data.detach().cpu().numpy()
+    check_finite(name, array)
+    check_hounsfield(name, array)
     meta = {k: v for k, v in image.meta.items() if k != "affine"}
     return {image_key: MetaTensor(data, affine=image.affine.clone(), meta=meta)}, True
 

@@ -21,7 +21,7 @@ import infnet_monai.utils.atomic as atomic
 from infnet_monai.cli import main
 from infnet_monai.inference import mask_saver
 from infnet_monai.naming import CASE_NAME_KEY, OutputClash, case_name, check_output_names, output_file
-from infnet_monai.data.ct_reader import CTReader
+from infnet_monai.data.ct_reader import CTReader, check_hounsfield
 from infnet_monai.data.inputs import CTInputError, expand_inputs
 from infnet_monai.utils import OutputDirError, atomic_output, prepare_output_dir, remove_stale_temporaries
 
@@ -293,6 +293,14 @@ def test_volume_not_in_hu_is_refused(tmp_path, case, make, message):
     assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
     data, _ = CTReader(check_hu=False).get_data(CTReader(check_hu=False).read(path))  # labels read as such
     assert data.shape == (64, 64, 2)
+
+
+def test_array_with_no_finite_value_is_refused_by_check_hounsfield():
+    with pytest.raises(CTInputError, match=r"^scan: holds no finite value \(empty, or NaN/inf only\), not a CT"):
+        check_hounsfield("scan", np.full((4, 4, 2), np.nan, np.float32))
+    with pytest.raises(CTInputError, match=r"^scan: holds no finite value"):
+        check_hounsfield("scan", np.zeros((0, 4, 2), np.int16))
+    check_hounsfield("scan", np.where(np.arange(32).reshape(4, 4, 2) % 2, np.nan, -1000.0))  # finite ones: air
 
 
 @pytest.mark.slow

@@ -76,6 +76,10 @@ def test_in_memory_input_that_is_not_a_ct_is_refused(weights):  # noqa: F811
     labels = MetaTensor(torch.randint(0, 3, (32, 32, 4)).float(), affine=torch.eye(4))
     with pytest.raises(CTInputError, match="the image in memory: holds only 3 distinct value"):
         segmenter(labels)
+    air = torch.full((32, 32, 4), -1000.0)
+    air[3, 4, 1] = float("nan")
+    with pytest.raises(CTInputError, match=r"the image in memory: 1 voxel\(s\) are NaN or infinite; replace them \(e.g. with -1024 HU\)$"):
+        segmenter(MetaTensor(air, affine=torch.eye(4)))
     with pytest.raises(ValueError, match=r"expected a CT volume \(X, Y, Z\) or \(1, X, Y, Z\)"):
         segmenter(MetaTensor(torch.zeros(2, 8, 8, 4)))
     with pytest.raises(TypeError, match="expected a path, a nibabel image or a MetaTensor"):

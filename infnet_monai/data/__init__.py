@@ -1,7 +1,7 @@
 """Data: CT inputs on disk (discovery, DICOM series, the CT reader) and datalists (COVID-SemiSeg
 slice folders, NIfTI volume/label pairs)."""
 
-from .ct_reader import CTReader, check_hounsfield
+from .ct_reader import CTReader, check_finite, check_hounsfield
 from .dicom_series import SeriesInfo, list_dicom_series
 from .inputs import CTInputError, InputKind, estimated_slices, expand_inputs, input_kind
 from .nifti_pairs import nifti_pairs_datalist, volume_stem
@@ -13,6 +13,7 @@ __all__ = [
     "InputKind",
     "SeriesInfo",
     "attach_maps",
+    "check_finite",
     "check_hounsfield",
     "estimated_slices",
     "expand_inputs",

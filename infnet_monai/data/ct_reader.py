@@ -5,7 +5,7 @@ NIfTI goes through MONAI's ``NibabelReader``, a DICOM series through
 :mod:`infnet_monai.data.dicom_series`. The returned array is float32 in Hounsfield units (HU),
 indexed (i, j, k) = SimpleITK's (x, y, z), and the meta dict follows MONAI's ``ITKReader``
 conventions (``affine`` in RAS mm, ``original_affine``, ``spatial_shape``, ``spacing``, ...);
-``check_hounsfield`` refuses volumes that are not CT in HU.
+``check_finite`` refuses NaN or infinite voxels, ``check_hounsfield`` volumes that are not CT in HU.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from infnet_monai.naming import CASE_NAME_KEY, case_name
 from infnet_monai.utils.fast_gzip import register_fast_gzip
 from infnet_monai.utils.errors import one_line
 
-__all__ = ["CTReader", "check_hounsfield", "MAX_LABEL_VALUES", "AIR_BELOW_HU"]
+__all__ = ["CTReader", "check_finite", "check_hounsfield", "MAX_LABEL_VALUES", "AIR_BELOW_HU"]
 
 
 @dataclass
@@ -162,11 +162,7 @@ class CTReader(ImageReader):
             data, meta = self._nifti_data(img)
         else:
             data, meta = self._dicom_data(img)
-        n_bad = 0 if np.issubdtype(data.dtype, np.integer) else data.size - int(np.count_nonzero(np.isfinite(data)))
-        if n_bad:
-            raise CTInputError(
-                f"{img.path}: {n_bad} voxel(s) are NaN or infinite; replace them (e.g. with -1024 HU) and save again"
-            )
+        check_finite(img.path, data, fix="and save again")
         if self.check_hu:
             check_hounsfield(img.path, data)
         meta[ImageMetaKey.FILENAME_OR_OBJ] = str(img.path)
@@ -205,6 +201,16 @@ MAX_LABEL_VALUES = 16  # a volume with this few distinct values is a label map o
 AIR_BELOW_HU = -500.0  # every chest CT in HU has air (outside the body, airways, lung) below this
 
 
+def check_finite(path: PathLike, data: np.ndarray, fix: str = "") -> None:
+    """Refuse a volume with NaN or infinite voxels, naming the file, the count and the fix
+    (``fix`` ends the message, e.g. "and save again" for a file)."""
+    n_bad = 0 if np.asarray(data).dtype.kind in "biu" else data.size - int(np.count_nonzero(np.isfinite(data)))
+    if n_bad:
+        raise CTInputError(
+            f"{path}: {n_bad} voxel(s) are NaN or infinite; replace them (e.g. with -1024 HU)" + (f" {fix}" if fix else "")
+        )
+
+
 def check_hounsfield(path: PathLike, data: np.ndarray) -> None:
     """Refuse a volume that is not a CT in Hounsfield units, naming the file and the fix:
     a label map or binary mask (at most :data:`MAX_LABEL_VALUES` distinct values, none negative,
@@ -213,7 +219,10 @@ def check_hounsfield(path: PathLike, data: np.ndarray) -> None:
     512 x 512 x 600 volume."""
     flat = np.asarray(data).reshape(-1, order="A")
     sample = flat[:: max(1, flat.size // 1_000_000)]
-    values = np.unique(sample[np.isfinite(sample)] if sample.dtype.kind == "f" else sample)
+    sample = sample[np.isfinite(sample)] if sample.dtype.kind == "f" else sample
+    if sample.size == 0:
+        raise CTInputError(f"{path}: holds no finite value (empty, or NaN/inf only), not a CT; pass the CT volume itself")
+    values = np.unique(sample)
     if len(values) <= MAX_LABEL_VALUES and values[0] >= 0:
         shown = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if len(values) > 6 else "")
         raise CTInputError(

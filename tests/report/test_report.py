@@ -89,6 +89,25 @@ def test_burden_binary_lung_mask_is_split_by_side():
     assert split["lung_ml"] == infection_burden(lung, inf, affine=affine)["lung_ml"]
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float32, bool])
+def test_burden_lung_mask_values_of_any_dtype(dtype):
+    """Labels 0-3 (3: the rest of the thorax, not lung) or a binary mask, of any dtype; other
+    values are named in the error."""
+    affine, lung, inf = _hand_case()
+    expected = infection_burden(lung, inf, affine=affine)["lung_ml"]
+    mask = (lung > 0) if dtype is bool else lung.astype(dtype)
+    if dtype is not bool:
+        mask[0:2] = 3  # the rest of the thorax, away from both lungs
+    assert infection_burden(mask, inf, affine=affine)["lung_ml"] == pytest.approx(expected)
+    if dtype is not bool:
+        for bad in (5, -1) if np.dtype(dtype).kind != "u" else (5,):
+            wrong = lung.astype(dtype)
+            wrong[0, 0, 0] = bad
+            values = ", ".join(str(np.array(v, dtype).item()) for v in sorted([0, 1, 2, bad]))
+            with pytest.raises(ValueError, match=rf"found values \[{values}\]"):
+                infection_burden(wrong, inf, affine=affine)
+
+
 def test_burden_no_infection():
     affine, lung, _ = _hand_case()
     r = infection_burden(lung, np.zeros_like(lung), affine=affine)
