@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the MONAI Label environment used by tests/bundle/test_monailabel.py: a separate virtual
 # environment (default .venv-label/ in the repository; override with INFNET_MONAILABEL_VENV)
-# holding monailabel 0.8.5 and this package (editable). About 7.5 GB, 5-10 minutes.
+# holding monailabel 0.8.5 and this package (editable). About 7.6 GB, 3-10 minutes.
 #
 # Why separate: MONAI Label imports torchvision at module level, and PyPI's torchvision 0.28.0 is
 # built against PyPI's torch 2.13.0 (a CUDA build; it runs on CPU too). It fails to load next to
